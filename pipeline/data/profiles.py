@@ -1,0 +1,119 @@
+"""Dataset profiles: which modalities become channels, in which order, and how each is normalized.
+
+A profile is a YAML file under ``configs/datasets/`` (or any path). It is plain data so that a
+bundle run can merge it with ``--config_file "[train.json, configs/datasets/isles2018.yaml]"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+NORMALIZATION_METHODS = ("percentile", "ct_window", "zscore", "range", "none")
+
+
+@dataclass
+class DatasetProfile:
+    """A dataset profile.
+
+    Attributes:
+        name: profile name (``isles2018``...).
+        channels: modality names stacked as channels, in this order.
+        modalities: every known modality -> its settings (``normalization`` dict, ``skip``).
+        reference_modality: modality whose grid and header outputs are written on; when a case lacks
+            it, the first channel is the reference.
+        label_modality: the name the layout gives the label (``OT`` for ISLES 2018).
+        resample_to_reference: modalities allowed to be on another grid; they are resampled onto the
+            reference grid. Any other grid mismatch is an error.
+        geometry_tolerance_mm: tolerance on spacing and origin when comparing grids.
+        layout: the layout this profile is meant for (informative).
+        label_classes: class name -> label value.
+        path: the file it was read from.
+    """
+
+    name: str
+    channels: list[str]
+    modalities: dict[str, dict[str, Any]]
+    reference_modality: str | None = None
+    label_modality: str | None = None
+    resample_to_reference: list[str] = field(default_factory=list)
+    geometry_tolerance_mm: float = 0.01
+    layout: str | None = None
+    label_classes: dict[str, int] = field(default_factory=lambda: {"background": 0, "lesion": 1})
+    path: str | None = None
+
+    def canonical(self, name: str) -> str:
+        """Return the profile's spelling of a modality name (case-insensitive match), else ``name``."""
+        for known in list(self.modalities) + list(self.channels):
+            if known.lower() == name.lower():
+                return known
+        return name
+
+    def normalization(self, modality: str) -> dict[str, Any]:
+        """Return the normalization settings of ``modality`` (``{"method": "none"}`` when unset)."""
+        return dict(self.modalities.get(modality, {}).get("normalization", {"method": "none"}))
+
+    def with_channels(self, channels: list[str]) -> "DatasetProfile":
+        """Return a copy whose channel order is ``channels`` (names matched case-insensitively).
+
+        Raises:
+            ValueError: a channel is unknown to the profile, is repeated, or the list is empty.
+        """
+        if not channels:
+            raise ValueError("at least one channel is needed")
+        resolved = [self.canonical(c) for c in channels]
+        unknown = [c for c in resolved if c not in self.modalities]
+        if unknown:
+            raise ValueError(
+                f"profile {self.name!r} does not know modality {unknown[0]!r}; known: {', '.join(self.modalities)}"
+            )
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"a channel is repeated in {channels}")
+        copy = DatasetProfile(**{**self.__dict__})
+        copy.channels = resolved
+        return copy
+
+
+def load_profile(name_or_path: str | Path) -> DatasetProfile:
+    """Load a dataset profile by name (``isles2018``) or by path to a YAML file.
+
+    Raises:
+        FileNotFoundError: no such profile.
+        ValueError: the profile is malformed (no channels, a channel without settings, an unknown
+            normalization method).
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"dataset profile {str(name_or_path)!r} not found (available: {available})")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    channels = list(raw.get("channels") or [])
+    modalities = {str(k): dict(v or {}) for k, v in (raw.get("modalities") or {}).items()}
+    if not channels:
+        raise ValueError(f"profile {path}: 'channels' is empty")
+    for ch in channels:
+        if ch not in modalities:
+            raise ValueError(f"profile {path}: channel {ch!r} has no entry under 'modalities'")
+    for mod, settings in modalities.items():
+        method = settings.get("normalization", {}).get("method", "none")
+        if method not in NORMALIZATION_METHODS:
+            raise ValueError(f"profile {path}: modality {mod!r} has unknown normalization {method!r}")
+    return DatasetProfile(
+        name=str(raw.get("profile_name", path.stem)),
+        channels=channels,
+        modalities=modalities,
+        reference_modality=raw.get("reference_modality"),
+        label_modality=raw.get("label_modality"),
+        resample_to_reference=list(raw.get("resample_to_reference") or []),
+        geometry_tolerance_mm=float(raw.get("geometry_tolerance_mm", 0.01)),
+        layout=raw.get("layout"),
+        label_classes=dict(raw.get("label_classes") or {"background": 0, "lesion": 1}),
+        path=str(path),
+    )

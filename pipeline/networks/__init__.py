@@ -1,0 +1,1 @@
+"""Networks of the UNet family (filled in by the networks module set)."""
