@@ -50,3 +50,253 @@ def save_nifti_atomic(image: nib.Nifti1Image, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Header geometry
+# ---------------------------------------------------------------------------------------------
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+from monai.data import ImageReader, NibabelReader  # noqa: E402
+from monai.data.image_reader import _copy_compatible_dict, _stack_images  # noqa: E402
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple  # noqa: E402
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+# ITK works in LPS, MONAI and NIfTI in RAS: flip the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True when ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def format_mm(values) -> str:
+    """Format a spacing or offset vector for messages: ``(0.9, 0.9, 5)``."""
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _spacing_of(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The grid of one image file, read from its header only.
+
+    Attributes:
+        path: the file.
+        shape: the full data shape (a 4D file has 4 entries).
+        affine: 4x4 voxel-to-world (RAS) matrix used for the data; corrected when the header is
+            inconsistent (see ``spacing_note``).
+        spacing: spatial voxel size in mm that goes with ``affine``.
+        header_affine: the affine as the header's sform/qform states it.
+        spacing_note: ``None`` for a consistent header, else what disagreed and what is used.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    header_affine: np.ndarray
+    spacing_note: str | None = None
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The first three dimensions of ``shape``."""
+        return tuple(self.shape[:3])
+
+
+def resolve_nifti_affine(img: nib.Nifti1Image, filename: str | None = None) -> tuple[np.ndarray, str | None]:
+    """Return the affine to use for a NIfTI image and a note when its header disagrees with itself.
+
+    The ISLES quirk: ``pixdim`` holds the true spacing while ``sform_code`` is set with an identity
+    ``srow``, so an affine-based reader sees 1 mm voxels. When the spacing implied by the affine
+    and the header's ``pixdim`` disagree, ``pixdim`` is trusted (it is what the scanner export
+    wrote and what viewers show): the qform is used when it carries that spacing, else the affine's
+    direction columns are rescaled to ``pixdim``. The origin is kept.
+
+    Args:
+        img: a nibabel NIfTI image (only its header is read).
+        filename: named in the note; defaults to the image's own file name.
+
+    Returns:
+        ``(affine, note)``: ``note`` is ``None`` when the header is consistent.
+    """
+    header = img.header
+    affine = np.array(img.affine, dtype=np.float64, copy=True)
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    if zooms.size < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        return affine, None
+    affine_spacing = _spacing_of(affine)
+    if np.allclose(affine_spacing, zooms, rtol=1e-3, atol=1e-3):
+        return affine, None
+    sform_code = int(header["sform_code"])
+    qform_code = int(header["qform_code"])
+    qform = np.asarray(header.get_qform(), dtype=np.float64)
+    if qform_code > 0 and np.allclose(_spacing_of(qform), zooms, rtol=1e-3, atol=1e-3):
+        fixed, source = qform, "the qform"
+    else:
+        direction = affine[:3, :3] / np.where(affine_spacing > 0, affine_spacing, 1.0)
+        fixed = affine.copy()
+        fixed[:3, :3] = direction * zooms
+        source = "the sform's directions rescaled to pixdim"
+    name = filename or img.get_filename() or "<in memory>"
+    note = (
+        f"{name}: header pixdim spacing {format_mm(zooms)} mm disagrees with the affine "
+        f"(sform_code={sform_code}, qform_code={qform_code}) which implies {format_mm(affine_spacing)} mm; "
+        f"using the pixdim spacing {format_mm(zooms)} mm with {source}"
+    )
+    return fixed, note
+
+
+def _sitk_affine(image: sitk.Image) -> np.ndarray:
+    dim = image.GetDimension()
+    spatial = min(dim, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:spatial, :spatial]
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:spatial]
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)[:spatial]
+    affine = np.eye(4)
+    affine[:spatial, :spatial] = direction * spacing
+    affine[:spatial, 3] = origin
+    return _LPS_TO_RAS @ affine
+
+
+def _dicom_series_files(folder: Path) -> list[str]:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+    if not files:
+        raise ValueError(f"{folder}: no DICOM series found in this folder")
+    return list(files)
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """Read the grid of an image file (NIfTI, MHA/NRRD, or a DICOM series folder) from its header.
+
+    Args:
+        path: the file, or a folder holding one DICOM series.
+
+    Returns:
+        Its :class:`Geometry`; ``spacing_note`` says when the NIfTI header quirk was met.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as an image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if is_nifti(path):
+            img = nib.load(str(path))
+            affine, note = resolve_nifti_affine(img, str(path))
+            return Geometry(str(path), tuple(int(s) for s in img.shape), affine,
+                            tuple(float(s) for s in _spacing_of(affine)), np.array(img.affine), note)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(_dicom_series_files(path)[0] if path.is_dir() else str(path))
+        reader.ReadImageInformation()
+        size = list(reader.GetSize())
+        if path.is_dir():
+            size = size[:2] + [len(_dicom_series_files(path))]
+        if reader.GetNumberOfComponents() > 1:
+            size = size + [reader.GetNumberOfComponents()]
+        info = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
+        info.SetSpacing(reader.GetSpacing())
+        info.SetOrigin(reader.GetOrigin())
+        info.SetDirection(reader.GetDirection())
+        affine = _sitk_affine(info)
+        return Geometry(str(path), tuple(int(s) for s in size), affine,
+                        tuple(float(s) for s in _spacing_of(affine)), affine.copy(), None)
+    except (OSError, RuntimeError, nib.filebasedimages.ImageFileError) as err:
+        raise ValueError(f"{path}: cannot read the image header ({err})") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers for MONAI's LoadImage
+# ---------------------------------------------------------------------------------------------
+class SpacingAwareNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that repairs the pixdim-versus-affine header quirk our way.
+
+    MONAI's own repair (``correct_nifti_header_if_necessary``) silently prefers the qform, or else
+    rewrites ``pixdim`` to the affine's 1 mm. Here, when a file's ``pixdim`` and its affine
+    disagree (see :func:`resolve_nifti_affine`), a ``UserWarning`` names the file and says which
+    spacing is used, and the loaded image's affine carries the ``pixdim`` spacing. The file on disk
+    is never changed. Takes the same arguments as ``NibabelReader``.
+    """
+
+    def read(self, data, **kwargs):
+        """Load one NIfTI file or a list of them; returns nibabel image(s) with a consistent affine."""
+        images = []
+        self.filenames = ensure_tuple(data)
+        for name in self.filenames:
+            img = nib.load(name, **{**self.kwargs, **kwargs})
+            affine, note = resolve_nifti_affine(img, str(name))
+            if note is not None:
+                warnings.warn(note, UserWarning, stacklevel=2)
+                img.set_sform(affine, code=int(img.header["sform_code"]) or 2)
+                img.set_qform(affine, code=int(img.header["qform_code"]) or 1)
+            images.append(img)
+        return images if len(images) > 1 else images[0]
+
+
+# MONAI has readers for nibabel, ITK and pydicom but none built on SimpleITK.
+class SimpleITKReader(ImageReader):
+    """Read ``.mha``/``.mhd``/``.nrrd`` files and DICOM series folders with SimpleITK.
+
+    The array is returned in (x, y, z) order like NIfTI data, and the affine in RAS like MONAI's
+    other readers. Vector images put their components last (``original_channel_dim = -1``).
+    """
+
+    def verify_suffix(self, filename) -> bool:
+        """True for the suffixes SimpleITK is used for here, and for folders (DICOM series)."""
+        names = filename if isinstance(filename, (list, tuple)) else [filename]
+        return all(Path(n).is_dir() or str(n).lower().endswith(SITK_SUFFIXES) for n in names)
+
+    def read(self, data, **kwargs):
+        """Read one path or a list of paths; returns a SimpleITK image or a list of them.
+
+        Raises:
+            ValueError: a folder holds no DICOM series.
+        """
+        images = []
+        for name in data if isinstance(data, (list, tuple)) else [data]:
+            path = Path(name)
+            if path.is_dir():
+                series = sitk.ImageSeriesReader()
+                series.SetFileNames(_dicom_series_files(path))
+                images.append(series.Execute())
+            else:
+                images.append(sitk.ReadImage(str(path)))
+        return images if len(images) > 1 else images[0]
+
+    def get_data(self, img):
+        """Return ``(array, meta)`` like MONAI's readers; several images are stacked on a new first axis."""
+        arrays, compatible = [], {}
+        for image in img if isinstance(img, (list, tuple)) else [img]:
+            array = sitk.GetArrayFromImage(image)
+            spatial = min(image.GetDimension(), 3)
+            vector = image.GetNumberOfComponentsPerPixel() > 1
+            # SimpleITK gives (z, y, x[, c]); reverse the spatial axes to (x, y, z).
+            order = list(range(spatial))[::-1] + ([spatial] if vector else [])
+            array = np.ascontiguousarray(np.transpose(array, order))
+            affine = _sitk_affine(image)
+            meta = {
+                MetaKeys.AFFINE: affine.copy(),
+                MetaKeys.ORIGINAL_AFFINE: affine,
+                MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape[:spatial]),
+                MetaKeys.SPACE: SpaceKeys.RAS,
+                MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if vector else float("nan"),
+                "spacing": np.asarray(image.GetSpacing()[:spatial]),
+            }
+            arrays.append(array)
+            _copy_compatible_dict(meta, compatible)
+        return _stack_images(arrays, compatible), compatible
+
+
+def image_readers() -> list[ImageReader]:
+    """The readers ``LoadImage`` should use: SimpleITK for MHA/NRRD/DICOM, nibabel for NIfTI (tried first)."""
+    return [SimpleITKReader(), SpacingAwareNibabelReader()]

@@ -1,0 +1,373 @@
+"""Our MONAI MapTransforms: stack a case's modalities as channels with geometry checks, normalize them.
+
+A typical chain (see :func:`preprocessing_transforms`)::
+
+    LoadModalitiesd("image", channels=profile.channels, label_key="label")  # checks and stacks
+    LoadImaged("label", reader=image_readers(), ensure_channel_first=True)
+    Orientationd(["image", "label"], "RAS")                                  # optional, invertible
+    NormalizeModalitiesd("image", channels=..., settings=profile.modalities)
+
+Loading leaves the image on the native grid of the reference modality with no recorded operation,
+so MONAI's ``Invertd`` brings a prediction back onto that grid exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    AsDiscreted,
+    LoadImage,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensity,
+    Orientationd,
+    ResampleToMatch,
+    ScaleIntensityRange,
+    Spacingd,
+)
+
+from pipeline.data.profiles import DatasetProfile
+from pipeline.errors import CaseError, GeometryError
+from pipeline.io import Geometry, format_mm, image_readers, read_geometry
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry checks (headers only)
+# ---------------------------------------------------------------------------------------------
+def _is_4d(geometry: Geometry) -> bool:
+    return len(geometry.shape) > 3 and int(np.prod(geometry.shape[3:])) > 1
+
+
+def grid_difference(a: Geometry, b: Geometry, tolerance_mm: float) -> str | None:
+    """Describe how two grids differ, or return ``None`` when they match within ``tolerance_mm``.
+
+    Shapes must be equal; spacings, directions (as spacing-scaled affine columns) and origins must
+    agree to ``tolerance_mm``.
+    """
+    if a.spatial_shape != b.spatial_shape:
+        return f"shape {a.spatial_shape} versus {b.spatial_shape}"
+    if not np.allclose(a.spacing, b.spacing, atol=tolerance_mm, rtol=0):
+        return f"spacing {format_mm(a.spacing)} mm versus {format_mm(b.spacing)} mm"
+    if not np.allclose(a.affine[:3, :3], b.affine[:3, :3], atol=tolerance_mm, rtol=0):
+        return "orientation (affine directions) differs"
+    if not np.allclose(a.affine[:3, 3], b.affine[:3, 3], atol=tolerance_mm, rtol=0):
+        return f"origin {format_mm(a.affine[:3, 3])} mm versus {format_mm(b.affine[:3, 3])} mm"
+    return None
+
+
+def check_case_geometry(
+    case_id: str | None,
+    channel_paths: Sequence[tuple[str, str]],
+    label_path: str | None = None,
+    reference_path: str | None = None,
+    resample_to_reference: Sequence[str] = (),
+    tolerance_mm: float = 0.01,
+) -> Geometry:
+    """Check, from headers only, that a case's files can be stacked and labelled on one grid.
+
+    Args:
+        case_id: named in errors.
+        channel_paths: ``(modality name, path)`` per channel, in channel order.
+        label_path: the label file, which must lie on the reference grid.
+        reference_path: the file whose grid is the case's grid; defaults to the first channel.
+        resample_to_reference: modality names allowed to lie on another grid (they get resampled).
+        tolerance_mm: tolerance on spacing, direction and origin.
+
+    Returns:
+        The reference :class:`Geometry` (its ``spacing_note`` says when the header quirk was met).
+
+    Raises:
+        CaseError: a file is missing, unreadable, or 4D (a time series offered as a channel).
+        GeometryError: a channel or the label is not on the reference grid (names both files and
+            the difference).
+    """
+    if not channel_paths:
+        raise CaseError(case_id, None, "no channel files given")
+    geometries: dict[str, Geometry] = {}
+
+    def geometry_of(path: str) -> Geometry:
+        if path not in geometries:
+            try:
+                geometries[path] = read_geometry(path)
+            except (FileNotFoundError, ValueError) as err:
+                raise CaseError(case_id, path, str(err)) from err
+        return geometries[path]
+
+    reference_path = reference_path or channel_paths[0][1]
+    reference = geometry_of(reference_path)
+    for name, path in list(channel_paths) + ([("label", label_path)] if label_path else []):
+        geometry = geometry_of(path)
+        if _is_4d(geometry):
+            raise CaseError(
+                case_id,
+                path,
+                f"{name} is a 4D file (shape {geometry.shape}) and cannot be one channel; 4D source data "
+                "such as CT_4DPWI is left out of the channels (choose 3D maps with --channels)",
+            )
+        if name in resample_to_reference:
+            continue
+        difference = grid_difference(geometry, reference, tolerance_mm)
+        if difference is not None:
+            raise GeometryError(
+                case_id,
+                path,
+                f"{name} is not on the grid of the reference file {reference_path!r}: {difference}",
+            )
+    return reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+class LoadModalitiesd(MapTransform):
+    """Load a case's per-modality files and stack them as channels on the reference modality's grid.
+
+    MONAI's ``LoadImaged`` stacks a list of files only when they share one grid and names no file
+    when they do not; this transform checks the grids first (:func:`check_case_geometry`), refuses
+    4D files, replaces non-finite values, resamples the modalities the profile allows onto the
+    reference grid (MONAI ``ResampleToMatch``), and stacks.
+
+    Non-finite values (NaN, +-Inf) are replaced by 0, the value the maps take outside the brain,
+    with a ``UserWarning`` naming the case, the file and the count.
+
+    Args:
+        keys: the key holding the list of channel paths (one key).
+        channels: modality names of the channels, in the order of the path list (for messages and
+            for ``resample_to_reference``); defaults to ``channel0, channel1, ...``.
+        label_key: key of the label path, whose grid is checked against the reference (optional).
+        reference_key: key of the reference file's path; defaults to the first channel.
+        case_key: key of the case id, named in errors.
+        resample_to_reference: modality names that may lie on another grid and are resampled
+            (bilinear) onto the reference grid.
+        tolerance_mm: grid comparison tolerance.
+        dtype: dtype of the stacked image.
+
+    Returns (on call): the dictionary with ``keys`` replaced by a ``MetaTensor`` of shape
+    ``(C, *spatial)`` whose meta (affine, file name) is the reference file's.
+
+    Raises:
+        CaseError, GeometryError: see :func:`check_case_geometry`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        channels: Sequence[str] | None = None,
+        label_key: str | None = "label",
+        reference_key: str | None = "reference",
+        case_key: str = "case_id",
+        resample_to_reference: Sequence[str] = (),
+        tolerance_mm: float = 0.01,
+        dtype: Any = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = list(channels) if channels is not None else None
+        self.label_key = label_key
+        self.reference_key = reference_key
+        self.case_key = case_key
+        self.resample_to_reference = list(resample_to_reference)
+        self.tolerance_mm = tolerance_mm
+        self.loader = LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=True, dtype=dtype)
+        self.resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+
+    def _load_channel(self, case_id: str | None, name: str, path: str) -> MetaTensor:
+        image = self.loader(path)
+        if image.shape[0] != 1:
+            raise CaseError(case_id, path, f"{name} holds {image.shape[0]} volumes; one 3D volume per channel is expected")
+        finite = torch.isfinite(image)
+        if not bool(finite.all()):
+            count = int((~finite).sum())
+            warnings.warn(
+                f"case {case_id!r}, file {path!r}: {count} non-finite value(s) in {name} replaced by 0",
+                UserWarning,
+                stacklevel=2,
+            )
+            image = torch.where(finite, image, torch.zeros((), dtype=image.dtype))
+        return image
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case_id = d.get(self.case_key)
+        for key in self.key_iterator(d):
+            paths = [str(p) for p in ([d[key]] if isinstance(d[key], (str, Path)) else d[key])]
+            names = self.channels or [f"channel{i}" for i in range(len(paths))]
+            if len(names) != len(paths):
+                raise CaseError(case_id, None, f"{len(paths)} channel files for {len(names)} channels {names}")
+            reference_path = d.get(self.reference_key) if self.reference_key else None
+            label_path = d.get(self.label_key) if self.label_key else None
+            check_case_geometry(
+                case_id,
+                list(zip(names, paths)),
+                label_path=str(label_path) if isinstance(label_path, (str, Path)) else None,
+                reference_path=str(reference_path) if reference_path else None,
+                resample_to_reference=self.resample_to_reference,
+                tolerance_mm=self.tolerance_mm,
+            )
+            images = [self._load_channel(case_id, n, p) for n, p in zip(names, paths)]
+            reference_path = str(reference_path or paths[0])
+            reference = images[paths.index(reference_path)] if reference_path in paths else None
+            if any(n in self.resample_to_reference for n in names) and reference is None:
+                reference = self.loader(reference_path)
+            reference = reference if reference is not None else images[0]
+            for i, name in enumerate(names):
+                if name in self.resample_to_reference and (
+                    images[i].shape[1:] != reference.shape[1:] or not torch.allclose(images[i].affine, reference.affine)
+                ):
+                    resampled = self.resampler(images[i], img_dst=reference)
+                    images[i] = MetaTensor(resampled.as_tensor(), affine=reference.affine)
+            stacked = torch.cat([im.as_tensor() for im in images], dim=0)
+            d[key] = MetaTensor(stacked, meta=dict(reference.meta))
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization
+# ---------------------------------------------------------------------------------------------
+def _percentile_scale(x: torch.Tensor, settings: Mapping[str, Any]) -> torch.Tensor:
+    # MONAI's ScaleIntensityRangePercentiles takes no mask; maps are 0 outside the brain.
+    mask = x != 0 if settings.get("mask", "nonzero") == "nonzero" else torch.ones_like(x, dtype=torch.bool)
+    if not bool(mask.any()):
+        return torch.zeros_like(x)
+    values = x[mask].detach().cpu().numpy()
+    low, high = np.percentile(values, [float(settings.get("lower", 0.5)), float(settings.get("upper", 99.5))])
+    scale = float(high - low) if high > low else 1.0
+    out = torch.where(mask, (x - float(low)) / scale, torch.zeros((), dtype=x.dtype, device=x.device))
+    clip = settings.get("clip")
+    if clip is not None:
+        out = torch.where(mask, out.clamp(float(clip[0]), float(clip[1])), out)
+    return out
+
+
+def normalize_channel(x: torch.Tensor, settings: Mapping[str, Any]) -> torch.Tensor:
+    """Normalize one channel according to its profile settings.
+
+    Args:
+        x: one channel, any spatial shape.
+        settings: ``{"method": ...}`` with
+            ``percentile`` (``lower``, ``upper`` percentiles inside ``mask`` = ``nonzero``|``all``,
+            mapped to 0 and 1; 0 outside the mask; optional ``clip``): robust, unit-free, for
+            perfusion maps whose units differ between sites;
+            ``ct_window`` (``window`` = [low, high] HU, clipped then mapped to [0, 1]);
+            ``zscore`` (mean 0, std 1 over the nonzero voxels; MONAI ``NormalizeIntensity``);
+            ``range`` (``a_min``, ``a_max``, ``b_min``, ``b_max``, ``clip``; MONAI ``ScaleIntensityRange``);
+            ``none``.
+
+    Returns:
+        The normalized channel (same shape, float).
+
+    Raises:
+        ValueError: unknown method.
+    """
+    method = settings.get("method", "none")
+    if method == "none":
+        return x
+    if method == "percentile":
+        return _percentile_scale(x, settings)
+    if method == "ct_window":
+        low, high = settings.get("window", (0.0, 80.0))
+        return ScaleIntensityRange(a_min=float(low), a_max=float(high), b_min=0.0, b_max=1.0, clip=True)(x)
+    if method == "zscore":
+        return NormalizeIntensity(nonzero=settings.get("mask", "nonzero") == "nonzero")(x)
+    if method == "range":
+        return ScaleIntensityRange(
+            a_min=float(settings["a_min"]), a_max=float(settings["a_max"]),
+            b_min=float(settings.get("b_min", 0.0)), b_max=float(settings.get("b_max", 1.0)),
+            clip=bool(settings.get("clip", False)),
+        )(x)
+    raise ValueError(f"unknown normalization method {method!r}")
+
+
+class NormalizeModalitiesd(MapTransform):
+    """Normalize each channel of a stacked image with its modality's method from the profile.
+
+    Args:
+        keys: keys of stacked images ``(C, *spatial)``.
+        channels: the modality name of each channel, in order.
+        settings: modality name -> ``{"normalization": {...}}`` (a profile's ``modalities``) or
+            directly the normalization dict; see :func:`normalize_channel`.
+
+    Raises (on call):
+        ValueError: the image's channel count differs from ``len(channels)``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: Sequence[str],
+        settings: Mapping[str, Mapping[str, Any]],
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = list(channels)
+        self.settings = {
+            name: dict(s.get("normalization", s)) if isinstance(s, Mapping) else {"method": "none"}
+            for name, s in settings.items()
+        }
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] != len(self.channels):
+                raise ValueError(f"{key}: {image.shape[0]} channels but {len(self.channels)} modalities {self.channels}")
+            out = image.clone() if isinstance(image, torch.Tensor) else torch.as_tensor(image).clone()
+            out = out.float()
+            for c, name in enumerate(self.channels):
+                out[c] = normalize_channel(out[c], self.settings.get(name, {"method": "none"}))
+            d[key] = out
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains
+# ---------------------------------------------------------------------------------------------
+def preprocessing_transforms(
+    profile: DatasetProfile,
+    image_key: str = "image",
+    label_key: str | None = "label",
+    orientation: str | None = "RAS",
+    target_spacing: Sequence[float] | None = None,
+) -> list:
+    """The loading and preprocessing chain of a profile, as a list of MONAI transforms.
+
+    Args:
+        profile: channels, normalization, reference modality and resampling rules.
+        image_key: key of the channel path list in the data dictionaries.
+        label_key: key of the label path, ``None`` for inference without labels.
+        orientation: axis codes to reorient to (``Orientationd``), ``None`` to keep the native axes.
+        target_spacing: resample to this spacing in mm (``Spacingd``), ``None`` to keep it.
+
+    Returns:
+        A list of transforms; every spatial step is invertible with ``Invertd``.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    chain: list = [
+        LoadModalitiesd(
+            image_key,
+            channels=profile.channels,
+            label_key=label_key,
+            resample_to_reference=profile.resample_to_reference,
+            tolerance_mm=profile.geometry_tolerance_mm,
+        )
+    ]
+    if label_key:
+        chain += [
+            LoadImaged(label_key, reader=image_readers(), image_only=True, ensure_channel_first=True),
+            AsDiscreted(label_key, threshold=0.5),
+        ]
+    if orientation:
+        chain.append(Orientationd(keys, axcodes=orientation))
+    if target_spacing is not None:
+        modes = ["bilinear"] + (["nearest"] if label_key else [])
+        chain.append(Spacingd(keys, pixdim=tuple(target_spacing), mode=modes))
+    chain.append(NormalizeModalitiesd(image_key, channels=profile.channels, settings=profile.modalities))
+    return chain

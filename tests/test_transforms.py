@@ -1,0 +1,258 @@
+"""Loading and preprocessing transforms: stacking, geometry checks, the header quirk, normalization, Invertd."""
+
+from __future__ import annotations
+
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.transforms import Compose, Invertd
+
+from pipeline.data.profiles import load_profile
+from pipeline.errors import CaseError, GeometryError
+from pipeline.io import image_readers, read_geometry
+from pipeline.transforms import (
+    LoadModalitiesd,
+    NormalizeModalitiesd,
+    check_case_geometry,
+    normalize_channel,
+    preprocessing_transforms,
+)
+
+# An oblique-free but non-RAS grid (x and y flipped, as scanner exports usually are).
+AFFINE = np.array([[-0.9, 0, 0, 115.0], [0, -0.9, 0, 110.0], [0, 0, 5.0, -20.0], [0, 0, 0, 1]])
+
+
+def write_nifti(path, data, affine=AFFINE, dtype=None):
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype or np.asarray(data).dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+    return str(path)
+
+
+def make_case(tmp_path, shape=(12, 10, 3), names=("CBF", "CBV", "MTT", "Tmax"), seed=0):
+    """Write one case: a channel per name whose value is (index + 1) * 10 inside a box, and a label."""
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for i, name in enumerate(names):
+        data = np.zeros(shape, np.float64)
+        data[2:-2, 2:-2, :] = (i + 1) * 10 + rng.random((shape[0] - 4, shape[1] - 4, shape[2]))
+        paths[name] = write_nifti(tmp_path / f"{name}.nii", data)
+    label = np.zeros(shape, np.uint8)
+    label[3:6, 4:8, 1] = 1
+    paths["label"] = write_nifti(tmp_path / "OT.nii", label)
+    return paths
+
+
+def record(paths, names):
+    return {"case_id": "case_1", "image": [paths[n] for n in names], "label": paths["label"], "reference": paths[names[0]]}
+
+
+def test_stacking_follows_the_channel_list_not_file_order(tmp_path):
+    paths = make_case(tmp_path)
+    order = ["Tmax", "CBF", "MTT", "CBV"]
+    out = LoadModalitiesd("image", channels=order)(record(paths, order))
+    means = [float(out["image"][c][out["image"][c] > 0].mean()) for c in range(4)]
+    assert [round(m, -1) for m in means] == [40, 10, 30, 20]
+    assert out["image"].shape == (4, 12, 10, 3)
+    np.testing.assert_allclose(out["image"].affine.numpy(), AFFINE)
+
+
+def test_shape_mismatch_names_both_files(tmp_path):
+    paths = make_case(tmp_path)
+    paths["CBV"] = write_nifti(tmp_path / "CBV_small.nii", np.zeros((12, 10, 2)))
+    with pytest.raises(GeometryError) as err:
+        LoadModalitiesd("image", channels=["CBF", "CBV"])(record(paths, ["CBF", "CBV"]))
+    message = str(err.value)
+    assert "case_1" in message and "CBV_small.nii" in message and "CBF.nii" in message
+    assert "(12, 10, 2)" in message
+
+
+def test_affine_mismatch_beyond_tolerance_is_an_error(tmp_path):
+    paths = make_case(tmp_path)
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 0.5
+    paths["MTT"] = write_nifti(tmp_path / "MTT_shifted.nii", np.ones((12, 10, 3)), shifted)
+    with pytest.raises(GeometryError, match="origin"):
+        check_case_geometry("case_1", [("CBF", paths["CBF"]), ("MTT", paths["MTT"])])
+    # within tolerance it passes
+    check_case_geometry("case_1", [("CBF", paths["CBF"]), ("MTT", paths["MTT"])], tolerance_mm=1.0)
+
+
+def test_label_on_another_grid_is_an_error(tmp_path):
+    paths = make_case(tmp_path)
+    paths["label"] = write_nifti(tmp_path / "OT_other.nii", np.zeros((12, 10, 4), np.uint8))
+    with pytest.raises(GeometryError, match="OT_other.nii"):
+        LoadModalitiesd("image", channels=["CBF"])(record(paths, ["CBF"]))
+
+
+def test_a_4d_file_offered_as_a_channel_is_refused(tmp_path):
+    paths = make_case(tmp_path)
+    paths["PWI"] = write_nifti(tmp_path / "CT_4DPWI.nii", np.zeros((12, 10, 3, 5), np.int16))
+    with pytest.raises(CaseError, match="4D"):
+        LoadModalitiesd("image", channels=["CBF", "PWI"])(record(paths, ["CBF", "PWI"]))
+
+
+def test_missing_file_names_case_and_file(tmp_path):
+    paths = make_case(tmp_path)
+    paths["CBV"] = str(tmp_path / "nowhere.nii")
+    with pytest.raises(CaseError, match="case_1.*nowhere.nii"):
+        LoadModalitiesd("image", channels=["CBF", "CBV"])(record(paths, ["CBF", "CBV"]))
+
+
+def test_non_finite_values_are_zeroed_with_a_warning(tmp_path):
+    paths = make_case(tmp_path)
+    data = nib.load(paths["MTT"]).get_fdata()
+    data[3, 3, 0] = np.nan
+    data[4, 4, 1] = np.inf
+    paths["MTT"] = write_nifti(tmp_path / "MTT_nan.nii", data)
+    with pytest.warns(UserWarning, match=r"2 non-finite value\(s\) in MTT"):
+        out = LoadModalitiesd("image", channels=["CBF", "MTT"])(record(paths, ["CBF", "MTT"]))
+    assert torch.isfinite(out["image"]).all()
+    assert float(out["image"][1, 3, 3, 0]) == 0.0
+
+
+def quirk_nifti(path, data, spacing=(0.9, 0.9, 5.0)):
+    """The ISLES header quirk: true spacing in pixdim, sform_code=2 with an identity srow."""
+    img = nib.Nifti1Image(np.asarray(data), np.eye(4))
+    img.set_sform(np.eye(4), code=2)
+    img.set_qform(np.eye(4), code=0)
+    img.header.set_zooms(spacing)
+    nib.save(img, str(path))
+    return str(path)
+
+
+def test_header_quirk_is_detected_warned_and_pixdim_spacing_used(tmp_path):
+    path = quirk_nifti(tmp_path / "CT_MTT.nii", np.ones((8, 8, 2), np.float64))
+    assert np.allclose(nib.load(path).affine, np.eye(4))  # what an affine-based reader sees
+    geometry = read_geometry(path)
+    assert np.allclose(geometry.spacing, (0.9, 0.9, 5.0))
+    assert "pixdim" in geometry.spacing_note and "CT_MTT.nii" in geometry.spacing_note
+    with pytest.warns(UserWarning, match=r"CT_MTT.nii.*using the pixdim spacing \(0.9, 0.9, 5\)"):
+        out = LoadModalitiesd("image", channels=["MTT"], label_key=None)({"case_id": "c", "image": [path]})
+    assert np.allclose(out["image"].pixdim.numpy(), (0.9, 0.9, 5.0))
+
+
+def test_header_quirk_prefers_a_valid_qform(tmp_path):
+    img = nib.Nifti1Image(np.ones((8, 8, 2), np.float32), AFFINE)
+    img.set_qform(AFFINE, code=1)
+    img.set_sform(np.eye(4), code=2)
+    nib.save(img, str(tmp_path / "q.nii"))
+    geometry = read_geometry(tmp_path / "q.nii")
+    assert "qform" in geometry.spacing_note
+    np.testing.assert_allclose(geometry.affine, AFFINE, atol=1e-5)
+
+
+def test_mha_loads_like_the_same_nifti(tmp_path):
+    data = np.random.default_rng(0).random((6, 5, 4)).astype(np.float32)
+    nifti = write_nifti(tmp_path / "a.nii.gz", data)
+    image = sitk.GetImageFromArray(np.transpose(data, (2, 1, 0)))
+    image.SetSpacing((0.9, 0.9, 5.0))
+    # LPS origin/direction equivalent to AFFINE's RAS ones
+    image.SetOrigin((-115.0, -110.0, -20.0))
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / "a.mha"))
+    loader = LoadModalitiesd("image", channels=["x"], label_key=None)
+    a = loader({"image": [nifti]})["image"]
+    b = loader({"image": [str(tmp_path / "a.mha")]})["image"]
+    np.testing.assert_allclose(a.numpy(), b.numpy())
+    np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-5)
+    assert len(image_readers()) == 2
+
+
+def test_flair_on_its_own_grid_is_resampled_onto_dwi(tmp_path):
+    dwi_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    flair_affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    dwi = write_nifti(tmp_path / "dwi.nii.gz", np.ones((10, 10, 8), np.float32), dwi_affine)
+    flair = np.zeros((20, 20, 4), np.float32)
+    flair[:, :10, :] = 5.0  # y < 10 mm is bright
+    flair = write_nifti(tmp_path / "flair.nii.gz", flair, flair_affine)
+    data = {"case_id": "sub-1", "image": [dwi, flair]}
+    with pytest.raises(GeometryError):
+        LoadModalitiesd("image", channels=["DWI", "FLAIR"], label_key=None)(data)
+    out = LoadModalitiesd("image", channels=["DWI", "FLAIR"], label_key=None, resample_to_reference=["FLAIR"])(data)
+    assert out["image"].shape == (2, 10, 10, 8)
+    np.testing.assert_allclose(out["image"].affine.numpy(), dwi_affine)
+    assert float(out["image"][1, 5, 2, 4]) == pytest.approx(5.0)  # y = 4 mm
+    assert float(out["image"][1, 5, 7, 4]) == pytest.approx(0.0)  # y = 14 mm
+
+
+def test_percentile_normalization_is_unit_free_and_zero_outside_the_brain():
+    x = torch.zeros(20, 20, 2)
+    x[5:15, 5:15] = torch.linspace(1, 100, 200).reshape(10, 10, 2)
+    settings = {"method": "percentile", "lower": 0.0, "upper": 100.0, "mask": "nonzero"}
+    a = normalize_channel(x, settings)
+    b = normalize_channel(x * 37.5, settings)  # the same map in other units
+    torch.testing.assert_close(a, b)
+    assert float(a[x > 0].min()) == pytest.approx(0.0) and float(a[x > 0].max()) == pytest.approx(1.0)
+    assert float(a[x == 0].abs().max()) == 0.0
+
+
+def test_ct_window_clips_then_scales():
+    x = torch.tensor([-1000.0, 0.0, 40.0, 80.0, 1500.0])
+    out = normalize_channel(x, {"method": "ct_window", "window": [0, 80]})
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def test_zscore_uses_nonzero_voxels():
+    x = torch.zeros(10)
+    x[:4] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = normalize_channel(x, {"method": "zscore", "mask": "nonzero"})
+    assert float(out[:4].mean()) == pytest.approx(0.0, abs=1e-6)
+    assert float(out[4:].abs().max()) == 0.0
+
+
+def test_normalize_modalities_applies_each_channels_method(tmp_path):
+    image = torch.stack([torch.full((4, 4, 2), 40.0), torch.arange(32.0).reshape(4, 4, 2)])
+    out = NormalizeModalitiesd(
+        "image",
+        channels=["CT", "CBF"],
+        settings={"CT": {"normalization": {"method": "ct_window", "window": [0, 80]}},
+                  "CBF": {"normalization": {"method": "percentile", "lower": 0, "upper": 100}}},
+    )({"image": image})["image"]
+    assert torch.allclose(out[0], torch.full((4, 4, 2), 0.5))
+    assert float(out[1].max()) == pytest.approx(1.0)
+
+
+def test_invertd_brings_a_prediction_back_to_the_native_grid(tmp_path):
+    paths = make_case(tmp_path)
+    profile = load_profile("isles2018")
+    pre = Compose(preprocessing_transforms(profile, orientation="RAS"))
+    native = nib.load(paths["label"])
+    data = pre(record(paths, profile.channels))
+    assert not np.allclose(data["image"].affine.numpy(), AFFINE)  # reoriented to RAS
+    data["pred"] = data["label"].clone()
+    inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert inverted.shape[1:] == native.shape
+    np.testing.assert_allclose(inverted.affine.numpy(), native.affine, atol=1e-5)
+    np.testing.assert_array_equal(inverted[0].numpy(), native.get_fdata())
+
+
+def test_invertd_after_resampling_restores_the_native_shape_and_affine(tmp_path):
+    paths = make_case(tmp_path, shape=(16, 14, 3))
+    profile = load_profile("isles2018").with_channels(["CBF", "Tmax"])
+    pre = Compose(preprocessing_transforms(profile, orientation="RAS", target_spacing=(1.5, 1.5, 2.5)))
+    data = pre(record(paths, profile.channels))
+    assert data["image"].shape[1:] != (16, 14, 3)
+    data["pred"] = data["label"].clone()
+    inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert inverted.shape[1:] == (16, 14, 3)
+    np.testing.assert_allclose(inverted.affine.numpy(), AFFINE, atol=1e-4)
+
+
+def test_invertd_on_a_quirk_header_gives_the_pixdim_grid(tmp_path):
+    cbf = quirk_nifti(tmp_path / "CBF.nii", np.ones((8, 8, 2)))
+    label = quirk_nifti(tmp_path / "OT.nii", np.zeros((8, 8, 2), np.uint8))
+    profile = load_profile("isles2018").with_channels(["CBF"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pre = Compose(preprocessing_transforms(profile, orientation="LPS"))
+        data = pre({"case_id": "c", "image": [cbf], "label": label})
+        data["pred"] = data["label"].clone()
+        inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert inverted.shape[1:] == (8, 8, 2)
+    np.testing.assert_allclose(inverted.affine.numpy(), np.diag([0.9, 0.9, 5.0, 1.0]), atol=1e-6)
