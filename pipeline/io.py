@@ -5,11 +5,24 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader, NibabelReader
+from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+# ITK works in LPS, MONAI and NIfTI in RAS: flip the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @contextmanager
@@ -55,22 +68,6 @@ def save_nifti_atomic(image: nib.Nifti1Image, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Header geometry
 # ---------------------------------------------------------------------------------------------
-import warnings  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from monai.data import ImageReader, NibabelReader  # noqa: E402
-from monai.data.image_reader import _copy_compatible_dict, _stack_images  # noqa: E402
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple  # noqa: E402
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
-# ITK works in LPS, MONAI and NIfTI in RAS: flip the first two world axes.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
 def is_nifti(path: str | Path) -> bool:
     """True when ``path`` names a NIfTI file (``.nii`` or ``.nii.gz``)."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
