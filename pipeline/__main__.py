@@ -1,0 +1,176 @@
+"""The command line: ``python -m pipeline <command>``.
+
+Commands: ``synth`` (the embedded synthetic ISLES 2018 dataset), ``prepare`` (layout -> datalist,
+folds and fingerprint), ``demo`` (the main job end to end on the embedded default data).
+Exit status 0 on success; on bad input, 2 with one paragraph naming the case and the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pipeline.errors import CaseError, LayoutError
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  " + "  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  " + "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def command_synth(args: argparse.Namespace) -> int:
+    """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite]``."""
+    from pipeline.data.synthetic import write_synthetic_dataset
+
+    start = time.perf_counter()
+    summary = write_synthetic_dataset(
+        args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed, overwrite=args.overwrite
+    )
+    elapsed = time.perf_counter() - start
+    cases = summary.cases
+    training = [c for c in cases if c["split"] == "training"]
+    testing = [c for c in cases if c["split"] == "testing"]
+    dice = [c["threshold_dice"] for c in cases if c.get("threshold_dice") is not None]
+    print(
+        f"synth: wrote {len(training)} training and {len(testing)} test cases (ISLES 2018 layout) to {args.out} "
+        f"in {elapsed:.1f} s (seed {args.seed})"
+    )
+    if dice:
+        print(f"  clinical threshold rule (rCBF < 30% and Tmax > 6 s): mean Dice {sum(dice) / len(dice):.3f} over {len(dice)} cases")
+    return 0
+
+
+def command_prepare(args: argparse.Namespace) -> int:
+    """``prepare --root DIR [--layout ...] --out datalist.json [--folds 5] [--seed S] ...``."""
+    from pipeline.data.datalist import build_datalist, select_channels, write_datalist
+    from pipeline.data.fingerprint import compute_fingerprint, format_summary, summarize_fingerprint, write_fingerprint
+    from pipeline.data.layouts import discover_cases
+    from pipeline.data.profiles import load_profile
+    from pipeline.io import atomic_write_text
+
+    root = Path(args.root)
+    out = Path(args.out)
+    profile = load_profile(args.profile) if args.profile else None
+    layout, profile, records = discover_cases(root, args.layout, profile)
+    how = "detected" if args.layout == "auto" else "as asked"
+    print(f"prepare: {root} read as layout {layout!r} ({how}), profile {profile.name!r}: {len(records)} cases found")
+    if args.channels:
+        profile = profile.with_channels([c.strip() for c in args.channels.split(",") if c.strip()])
+    print(f"  channels in order: {', '.join(profile.channels)}")
+    kept, skipped = select_channels(records, profile, skip_incomplete=args.skip_incomplete)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table, failures = compute_fingerprint(kept, profile)
+    for note in sorted({str(w.message) for w in caught if "pixdim" in str(w.message)}):
+        print(f"  warning: {note}")
+    if failures and not args.skip_incomplete:
+        details = "\n".join(f"  {f['error']}" for f in failures)
+        raise CaseError(
+            failures[0]["case_id"],
+            None,
+            f"{len(failures)} case(s) cannot be used; nothing was written. Fix them or leave them out with "
+            f"--skip-incomplete:\n{details}",
+        )
+    failed = {f["case_id"] + "/" + f["split"] for f in failures}
+    kept = [r for r in kept if f"{r.case_id}/{r.split}" not in failed]
+    skipped = list(skipped) + [{"case_id": f["case_id"], "split": f["split"], "missing": f["error"]} for f in failures]
+    if not any(r.split == "training" for r in kept) and not any(r.split == "testing" for r in kept):
+        raise LayoutError(f"{root}: no usable case left")
+    datalist = build_datalist(kept, profile, layout, root, out, n_folds=args.folds, seed=args.seed)
+    summary = summarize_fingerprint(table, profile)
+    fingerprint_dir = Path(args.fingerprint_dir) if args.fingerprint_dir else out.parent
+    write_fingerprint(table, summary, fingerprint_dir)
+    write_datalist(datalist, out)
+    print(
+        f"  wrote {out}: {datalist['numTraining']} training records in {datalist['folds']} folds (seed {args.seed}), "
+        f"{datalist['numTest']} test records"
+    )
+    print(f"  wrote {fingerprint_dir / 'fingerprint.csv'} and {fingerprint_dir / 'fingerprint.json'}")
+    if skipped:
+        atomic_write_text(out.parent / "skipped_cases.csv", "case_id,split,reason\n" + "".join(
+            f"{s['case_id']},{s['split']},\"{str(s['missing']).replace(chr(34), chr(39))}\"\n" for s in skipped))
+        print(f"  left out {len(skipped)} case(s) (listed in {out.parent / 'skipped_cases.csv'}):")
+        _print_table(skipped, ["case_id", "split", "missing"])
+    print(format_summary(summary))
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """``demo [--workdir DIR] [--cases N] [--seed S]``: the main job on the embedded default data."""
+    workdir = Path(args.workdir)
+    data_dir = workdir / "data"
+    steps: list[tuple[str, float]] = []
+
+    start = time.perf_counter()
+    command_synth(argparse.Namespace(out=str(data_dir), cases=args.cases, test_cases=args.test_cases,
+                                     seed=args.seed, overwrite=True))
+    steps.append(("synth", time.perf_counter() - start))
+
+    start = time.perf_counter()
+    command_prepare(argparse.Namespace(
+        root=str(data_dir), layout="auto", out=str(workdir / "datalist.json"), folds=5, seed=args.seed,
+        profile=None, channels=None, skip_incomplete=False, fingerprint_dir=None))
+    steps.append(("prepare + fingerprint", time.perf_counter() - start))
+
+    print("\ndemo: what ran")
+    for name, seconds in steps:
+        print(f"  {name:<24} {seconds:6.1f} s")
+    print(f"  outputs under {workdir}/: data/ (ISLES 2018 layout), datalist.json, fingerprint.csv, fingerprint.json")
+    print("  training, prediction and evaluation are not part of this version yet; the demo stops after the fingerprint.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m pipeline``."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic ISLES-2018-layout dataset (the embedded default)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--cases", type=int, default=24, help="training cases (default 24)")
+    p.add_argument("--test-cases", type=int, default=None, help="test cases (default cases // 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
+    p.set_defaults(func=command_synth)
+
+    p = sub.add_parser("prepare", help="read a dataset layout and write an MSD-style datalist with folds and a fingerprint")
+    p.add_argument("--root", required=True, help="dataset root folder (or an MSD datalist JSON)")
+    p.add_argument("--layout", default="auto", choices=["auto", "isles2018", "isles2022", "nnunet", "msd"])
+    p.add_argument("--out", required=True, help="datalist JSON to write")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--profile", default=None, help="dataset profile name or YAML path (default: the layout's)")
+    p.add_argument("--channels", default=None, help="comma-separated channel order overriding the profile's, e.g. CBF,CBV,MTT,Tmax,CT")
+    p.add_argument("--skip-incomplete", action="store_true",
+                   help="leave out (and list) cases with a missing modality or unusable files instead of failing")
+    p.add_argument("--fingerprint-dir", default=None, help="where fingerprint.csv/json go (default: beside --out)")
+    p.set_defaults(func=command_prepare)
+
+    p = sub.add_parser("demo", help="the main job end to end on the embedded synthetic data")
+    p.add_argument("--workdir", default="demo_output")
+    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--test-cases", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 with a one-paragraph message on bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CaseError, LayoutError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
