@@ -64,6 +64,9 @@ def command_prepare(args: argparse.Namespace) -> int:
     if args.channels:
         profile = profile.with_channels([c.strip() for c in args.channels.split(",") if c.strip()])
     print(f"  channels in order: {', '.join(profile.channels)}")
+    inputs = {Path(p).resolve() for r in records for p in [*r.modalities.values(), r.label] if p}
+    if out.resolve() in inputs | {root.resolve()}:
+        raise CaseError(None, str(out), "--out names an input of the dataset; choose another datalist path")
     kept, skipped = select_channels(records, profile, skip_incomplete=args.skip_incomplete)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -193,18 +193,23 @@ def read_geometry(path: str | Path) -> Geometry:
             affine, note = resolve_nifti_affine(img, str(path))
             return Geometry(str(path), tuple(int(s) for s in img.shape), affine,
                             tuple(float(s) for s in _spacing_of(affine)), np.array(img.affine), note)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(_dicom_series_files(path)[0] if path.is_dir() else str(path))
-        reader.ReadImageInformation()
-        size = list(reader.GetSize())
         if path.is_dir():
-            size = size[:2] + [len(_dicom_series_files(path))]
-        if reader.GetNumberOfComponents() > 1:
-            size = size + [reader.GetNumberOfComponents()]
-        info = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
-        info.SetSpacing(reader.GetSpacing())
-        info.SetOrigin(reader.GetOrigin())
-        info.SetDirection(reader.GetDirection())
+            # the slice spacing of a series is only known from all its files: read the series
+            series = sitk.ImageSeriesReader()
+            series.SetFileNames(_dicom_series_files(path))
+            info = series.Execute()
+            size = list(info.GetSize())
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            size = list(reader.GetSize())
+            if reader.GetNumberOfComponents() > 1:
+                size = size + [reader.GetNumberOfComponents()]
+            info = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
+            info.SetSpacing(reader.GetSpacing())
+            info.SetOrigin(reader.GetOrigin())
+            info.SetDirection(reader.GetDirection())
         affine = _sitk_affine(info)
         return Geometry(str(path), tuple(int(s) for s in size), affine,
                         tuple(float(s) for s in _spacing_of(affine)), affine.copy(), None)

@@ -50,12 +50,15 @@ def grid_difference(a: Geometry, b: Geometry, tolerance_mm: float) -> str | None
     """Describe how two grids differ, or return ``None`` when they match within ``tolerance_mm``.
 
     Shapes must be equal; spacings, directions (as spacing-scaled affine columns) and origins must
-    agree to ``tolerance_mm``.
+    agree to ``tolerance_mm``. When either header has the pixdim/affine quirk its direction and
+    origin are not trustworthy, so only shape and spacing are compared.
     """
     if a.spatial_shape != b.spatial_shape:
         return f"shape {a.spatial_shape} versus {b.spatial_shape}"
     if not np.allclose(a.spacing, b.spacing, atol=tolerance_mm, rtol=0):
         return f"spacing {format_mm(a.spacing)} mm versus {format_mm(b.spacing)} mm"
+    if a.spacing_note is not None or b.spacing_note is not None:
+        return None
     if not np.allclose(a.affine[:3, :3], b.affine[:3, :3], atol=tolerance_mm, rtol=0):
         return "orientation (affine directions) differs"
     if not np.allclose(a.affine[:3, 3], b.affine[:3, 3], atol=tolerance_mm, rtol=0):

@@ -102,3 +102,15 @@ def test_synth_refuses_to_overwrite_an_existing_dataset(synthetic_root, capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "prepare" in result.stdout and "synth" in result.stdout
+
+
+def test_prepare_never_overwrites_the_datalist_it_reads(synthetic_root, tmp_path, capsys):
+    first = tmp_path / "datalist.json"
+    assert main(["prepare", "--root", str(synthetic_root), "--out", str(first), "--folds", "2"]) == 0
+    before = first.read_bytes()
+    assert main(["prepare", "--root", str(first), "--out", str(first), "--folds", "3"]) == 2
+    assert "input" in capsys.readouterr().err
+    assert first.read_bytes() == before
+    refolded = tmp_path / "refolded.json"
+    assert main(["prepare", "--root", str(first), "--out", str(refolded), "--folds", "3"]) == 0
+    assert json.loads(refolded.read_text())["folds"] == 3

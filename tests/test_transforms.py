@@ -256,3 +256,45 @@ def test_invertd_on_a_quirk_header_gives_the_pixdim_grid(tmp_path):
         inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
     assert inverted.shape[1:] == (8, 8, 2)
     np.testing.assert_allclose(inverted.affine.numpy(), np.diag([0.9, 0.9, 5.0, 1.0]), atol=1e-6)
+
+
+def test_a_quirk_header_beside_sound_ones_is_compared_by_shape_and_spacing(tmp_path):
+    sound = write_nifti(tmp_path / "CBF.nii", np.ones((8, 8, 2)), np.diag([-0.9, -0.9, 5.0, 1.0]))
+    quirky = quirk_nifti(tmp_path / "MTT.nii", np.ones((8, 8, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = LoadModalitiesd("image", channels=["CBF", "MTT"], label_key=None)({"case_id": "c", "image": [sound, quirky]})
+        assert out["image"].shape == (2, 8, 8, 2)
+        wrong_spacing = quirk_nifti(tmp_path / "Tmax.nii", np.ones((8, 8, 2)), spacing=(1.0, 1.0, 5.0))
+        with pytest.raises(GeometryError, match="spacing"):
+            check_case_geometry("c", [("CBF", sound), ("Tmax", wrong_spacing)])
+
+
+def write_dicom_series(folder, volume_zyx, spacing=(0.8, 0.8, 5.0), origin=(10.0, 20.0, 30.0)):
+    """Write a volume as one DICOM file per slice, with the position tags a series reader needs."""
+    folder.mkdir()
+    image = sitk.GetImageFromArray(volume_zyx)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume_zyx.shape[0]):
+        slice_ = image[:, :, z]
+        slice_.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.42")
+        slice_.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, z))))
+        slice_.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        slice_.SetMetaData("0020|0013", str(z))
+        writer.SetFileName(str(folder / f"slice{z}.dcm"))
+        writer.Execute(slice_)
+    return str(folder)
+
+
+def test_a_dicom_series_folder_loads_with_its_slice_spacing(tmp_path):
+    volume = np.arange(3 * 5 * 4, dtype=np.int16).reshape(3, 5, 4)
+    folder = write_dicom_series(tmp_path / "ct", volume)
+    geometry = read_geometry(folder)
+    assert geometry.shape == (4, 5, 3)
+    assert np.allclose(geometry.spacing, (0.8, 0.8, 5.0))
+    out = LoadModalitiesd("image", channels=["CT"], label_key=None)({"image": [folder]})["image"]
+    np.testing.assert_array_equal(out[0].numpy(), np.transpose(volume, (2, 1, 0)))
+    np.testing.assert_allclose(out.affine.numpy(), geometry.affine)
