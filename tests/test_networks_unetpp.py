@@ -15,14 +15,7 @@ SLAB_STRIDES = [[2, 2, 1]] * 4
 TINY = dict(features=[4, 6, 8, 10, 12])
 
 
-@pytest.fixture(autouse=True)
-def seeded_single_thread():
-    """Seed, and run single-threaded: tiny networks are many times faster without thread hand-offs."""
-    threads = torch.get_num_threads()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def tiny_slab_net(**kwargs) -> UNetPlusPlus:
