@@ -130,6 +130,68 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_predict(args: argparse.Namespace) -> int:
+    """``predict --bundle DIR --input DIR|datalist --output DIR [--format ...] [--name TEAM]``."""
+    from pipeline.predict import run_predict
+
+    return run_predict(args)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate --pred DIR --truth DIR|datalist.json --out metrics.csv [--baseline threshold] [--images datalist.json] [--report DIR]``.
+
+    Exit status 0 when every paired case was scored (unpaired files are listed and warned about);
+    2 when a case failed (each failure names the case and its files) or the input is unusable.
+    """
+    from pipeline.evaluation import evaluate_predictions, format_summary
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_predictions(
+            args.pred, args.truth, args.out, baseline=args.baseline, images=args.images,
+            tolerance_mm=args.tolerance_mm,
+        )
+    counts = result.summary["counts"]
+    print(
+        f"evaluate: {counts['predictions']} prediction(s) in {args.pred}, {counts['truth_cases']} truth case(s) from "
+        f"{args.truth} ({result.summary['truth_kind']}): {counts['scored']} scored in {time.perf_counter() - start:.1f} s"
+    )
+    for note in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        print(f"  warning: {note}")
+    print(format_summary(result.summary))
+    for name, path in result.files.items():
+        print(f"  wrote {name}: {path}")
+    if args.report:
+        from pipeline.report import write_report
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            report = write_report(args.report, result, logs=args.logs or ())
+        print(f"  wrote report: {report}")
+    if result.failures:
+        lines = [f"{len(result.failures)} case evaluation(s) failed; the other cases were scored and written:"]
+        lines += [f"  {f['error']}" for f in result.failures]
+        print("error: " + "\n".join(lines), file=sys.stderr)
+        return 2
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    """``report --out DIR [--metrics metrics.csv] [--logs PATH ...]``: the report of an earlier evaluation."""
+    from pipeline.evaluation import load_result
+    from pipeline.report import write_report
+
+    if not args.metrics and not args.logs:
+        raise ValueError("report: give --metrics (an evaluate --out CSV) and/or --logs (training logs)")
+    result = load_result(args.metrics) if args.metrics else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = write_report(args.out, result, logs=args.logs or ())
+    print(f"report: wrote {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m pipeline``."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
@@ -155,6 +217,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out (and list) cases with a missing modality or unusable files instead of failing")
     p.add_argument("--fingerprint-dir", default=None, help="where fingerprint.csv/json go (default: beside --out)")
     p.set_defaults(func=command_prepare)
+
+    p = sub.add_parser("predict", help="predict with a bundle's inference config; outputs on the native grid")
+    p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
+    p.add_argument("--input", required=True, help="a dataset folder (any known layout) or a datalist JSON")
+    p.add_argument("--output", required=True, help="folder the predictions are written to")
+    p.add_argument("--format", default="nifti", choices=["nifti", "isles2018", "isles2022"],
+                   help="nifti: <case_id>.nii.gz; isles2018: SMIR.<name>.<CT_MTT id>.nii; isles2022: <DWI name>_msk")
+    p.add_argument("--name", default="team", help="team name in ISLES 2018 submission file names")
+    p.add_argument("--split", default="testing", choices=["testing", "training"],
+                   help="which cases of the datalist or folder to predict (default testing)")
+    p.add_argument("--checkpoint", default=None, help="weights (default: BUNDLE/models/model.pt)")
+    p.add_argument("--probabilities", action="store_true", help="also write float16 probability maps (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="bundle config override, e.g. --set inferer#sw_batch_size=4 (repeatable)")
+    p.set_defaults(func=command_predict)
+
+    p = sub.add_parser("evaluate", help="score predicted masks against the ground truth (ISLES metrics, clinical volumes)")
+    p.add_argument("--pred", required=True, help="folder of predicted masks: <case_id>.nii.gz, SMIR.<name>.<ID>.nii or <sub>_ses-X_msk.nii.gz")
+    p.add_argument("--truth", required=True,
+                   help="datalist JSON, dataset root, TESTING_GROUND_TRUTH folder, or a folder of <case_id> masks")
+    p.add_argument("--out", required=True, help="per-case CSV; <stem>_summary.json and <stem>_clinical.csv go beside it")
+    p.add_argument("--baseline", default=None, choices=["threshold"],
+                   help="also score the clinical threshold rule (rCBF < 30%% and Tmax > 6 s) on the same cases")
+    p.add_argument("--images", default=None, help="datalist JSON giving the CBF/Tmax maps when --truth does not")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write the report (report.md and PNGs) to DIR")
+    p.add_argument("--logs", action="append", metavar="PATH",
+                   help="training logs for the report: TensorBoard event folder or CSV with an epoch column (repeatable)")
+    p.add_argument("--tolerance-mm", type=float, default=0.01,
+                   help="allowed difference of spacing, directions and origin between a prediction and its truth")
+    p.set_defaults(func=command_evaluate)
+
+    p = sub.add_parser("report", help="write the report of an earlier evaluation and/or the training curves")
+    p.add_argument("--out", required=True, help="report folder (report.md, cases/*.png, training_curves.png)")
+    p.add_argument("--metrics", default=None, help="the per-case CSV written by evaluate --out (its summary JSON beside it)")
+    p.add_argument("--logs", action="append", metavar="PATH",
+                   help="TensorBoard event folder or CSV with an epoch column (repeatable)")
+    p.set_defaults(func=command_report)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded synthetic data")
     p.add_argument("--workdir", default="demo_output")

@@ -183,7 +183,13 @@ class LoadModalitiesd(MapTransform):
         self.resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros")
 
     def _load_channel(self, case_id: str | None, name: str, path: str) -> MetaTensor:
-        image = self.loader(path)
+        try:
+            image = self.loader(path)
+        except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise CaseError(case_id, path, f"cannot read {name}: {str(cause).strip()}") from err
         if image.shape[0] != 1:
             raise CaseError(case_id, path, f"{name} holds {image.shape[0]} volumes; one 3D volume per channel is expected")
         finite = torch.isfinite(image)

@@ -1,0 +1,149 @@
+"""Prediction delivery: names per format, headers copied from the reference, the bundle run via `predict`."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pipeline.__main__ import main
+from pipeline.errors import CaseError
+from pipeline.io import read_geometry, write_mask_like
+from pipeline.networks import UNetPlusPlus
+from pipeline.predict import SavePredictiond, prediction_filename
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
+TINY = "[4,4,8,8,16]"
+
+
+def test_isles2018_submission_is_named_by_the_ct_mtt_smir_id():
+    assert prediction_filename("isles2018", "case_3", "/x/CT.nii", smir_id="345568", team_name="TEAM") == "SMIR.TEAM.345568.nii"
+
+
+def test_isles2018_name_needs_a_smir_id_and_a_dot_free_team_name():
+    with pytest.raises(CaseError, match="case_3"):
+        prediction_filename("isles2018", "case_3", "/x/CT.nii", smir_id=None, team_name="TEAM")
+    with pytest.raises(ValueError, match="team name"):
+        prediction_filename("isles2018", "case_3", "/x/CT.nii", smir_id="1", team_name="my.team")
+
+
+def test_isles2022_name_follows_the_dwi_file():
+    dwi = "/d/rawdata/sub-strokecase0001/ses-0001/sub-strokecase0001_ses-0001_dwi.nii.gz"
+    assert prediction_filename("isles2022", "sub-strokecase0001", dwi) == "sub-strokecase0001_ses-0001_msk.nii.gz"
+    assert prediction_filename("isles2022", "sub-x", dwi, extension=".mha") == "sub-strokecase0001_ses-0001_msk.mha"
+
+
+def test_nifti_name_is_the_case_id():
+    assert prediction_filename("nifti", "case_7") == "case_7.nii.gz"
+
+
+def quirk_reference(path):
+    img = nib.Nifti1Image(np.zeros((6, 5, 2), np.int32), np.eye(4))
+    img.set_sform(np.eye(4), code=2)
+    img.set_qform(np.eye(4), code=0)
+    img.header.set_zooms((0.9, 0.9, 12.0))
+    nib.save(img, str(path))
+    return path
+
+
+def test_mask_is_written_with_the_reference_header_quirk_included(tmp_path):
+    reference = quirk_reference(tmp_path / "CT.nii")
+    mask = np.zeros((6, 5, 2), np.uint8)
+    mask[1:3, 2:4, 1] = 1
+    out = write_mask_like(mask, reference, tmp_path / "pred.nii")
+    written, original = nib.load(out), nib.load(reference)
+    assert written.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), mask)
+    for field in ("sform_code", "qform_code", "srow_x", "srow_y", "srow_z", "pixdim", "dim"):
+        np.testing.assert_array_equal(written.header[field], original.header[field])
+
+
+def test_mask_off_the_reference_grid_is_refused(tmp_path):
+    reference = quirk_reference(tmp_path / "CT.nii")
+    with pytest.raises(ValueError, match="CT.nii"):
+        write_mask_like(np.zeros((6, 5, 3), np.uint8), reference, tmp_path / "pred.nii")
+    assert not (tmp_path / "pred.nii").exists()
+
+
+def test_mha_output_takes_the_reference_geometry(tmp_path):
+    affine = np.array([[-0.9, 0, 0, 100.0], [0, -0.9, 0, 90.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), affine), str(tmp_path / "dwi.nii.gz"))
+    mask = np.zeros((6, 5, 4), np.uint8)
+    mask[0, 1, 2] = 1
+    out = write_mask_like(mask, tmp_path / "dwi.nii.gz", tmp_path / "msk.mha")
+    np.testing.assert_allclose(read_geometry(out).affine, affine, atol=1e-6)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[2, 1, 0] == 1
+
+
+def test_save_prediction_writes_argmax_mask_and_float16_probabilities(tmp_path):
+    reference = quirk_reference(tmp_path / "CT.nii")
+    probabilities = torch.zeros(2, 6, 5, 2)
+    probabilities[1, 0, 0, 0] = 0.9
+    probabilities[0] = 1 - probabilities[1]
+    SavePredictiond("pred", tmp_path / "out", "nifti", save_probabilities=True)(
+        {"pred": probabilities, "case_id": "case_1", "reference": str(reference)}
+    )
+    mask = nib.load(tmp_path / "out" / "case_1.nii.gz").get_fdata()
+    assert mask.sum() == 1 and mask[0, 0, 0] == 1
+    saved = np.load(tmp_path / "out" / "case_1_probabilities.npz", allow_pickle=False)
+    assert saved["probabilities"].dtype == np.float16 and float(saved["probabilities"][0, 0, 0]) == pytest.approx(0.9, abs=1e-3)
+
+
+# --- the bundle run through `python -m pipeline predict` ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    assert main(["synth", str(root / "data"), "--cases", "1", "--test-cases", "3", "--seed", "11"]) == 0
+    assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"), "--folds", "1"]) == 0
+    net = UNetPlusPlus(spatial_dims=3, in_channels=4, out_channels=2, strides=[[2, 2, 1]] * 4,
+                       kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                       features=[4, 4, 8, 8, 16], norm="instance", deep_supervision=True)
+    torch.save({"model": net.state_dict()}, root / "model.pt")
+    return root
+
+
+def predict(dataset: Path, *extra: str) -> int:
+    return main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
+                 "--set", f"network_def#features={TINY}", *extra])
+
+
+def test_isles2018_submission_files_carry_the_ct_header(dataset, tmp_path, capsys):
+    out = tmp_path / "submission"
+    assert predict(dataset, "--input", str(dataset / "datalist.json"), "--output", str(out),
+                   "--format", "isles2018", "--name", "TEAM") == 0
+    assert "-m monai.bundle run --meta_file" in capsys.readouterr().out
+    with open(dataset / "data" / "TESTING_GROUND_TRUTH" / "cases.csv") as f:
+        cases = list(csv.DictReader(f))
+    assert sorted(p.name for p in out.glob("*.nii")) == sorted(f"SMIR.TEAM.{c['mtt_id']}.nii" for c in cases)
+    for case in cases:
+        written = nib.load(out / f"SMIR.TEAM.{case['mtt_id']}.nii")
+        ct = nib.load(next((dataset / "data" / "TESTING" / case["case_id"]).glob("SMIR.Brain.XX.O.CT.*/*.nii")))
+        assert written.shape == ct.shape and written.shape[:2] == (256, 256)
+        assert written.get_data_dtype() == np.uint8 and set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1}
+        np.testing.assert_array_equal(written.affine, ct.affine)
+        np.testing.assert_array_equal(written.header["pixdim"], ct.header["pixdim"])
+
+
+def test_a_bad_case_is_listed_and_the_others_are_written(dataset, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "data", data)
+    cbv = next((data / "TESTING" / "case_2").glob("SMIR.Brain.XX.O.CT_CBV.*/*.nii"))
+    cbv.write_bytes(cbv.read_bytes()[:400])  # truncated file
+    out = tmp_path / "pred"
+    assert predict(dataset, "--input", str(data), "--output", str(out)) == 1
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_3.nii.gz"]
+    failures = (out / "failures.csv").read_text()
+    assert "case_2" in failures and cbv.name in failures
+    assert "case_2" in capsys.readouterr().out
+    # results already there: refused without --overwrite, nothing touched
+    before = (out / "case_1.nii.gz").stat().st_mtime_ns
+    assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
+    assert (out / "case_1.nii.gz").stat().st_mtime_ns == before
