@@ -1,7 +1,9 @@
 """The command line: ``python -m pipeline <command>``.
 
 Commands: ``synth`` (the embedded synthetic ISLES 2018 dataset), ``prepare`` (layout -> datalist,
-folds and fingerprint), ``demo`` (the main job end to end on the embedded default data).
+folds and fingerprint), ``predict`` (a bundle's inference config, outputs on the native grid),
+``evaluate`` (ISLES metrics, threshold baseline, clinical volumes), ``report`` (overlays, tables,
+training curves), ``demo`` (the main job end to end on the embedded default data).
 Exit status 0 on success; on bad input, 2 with one paragraph naming the case and the file.
 """
 

@@ -147,3 +147,26 @@ def test_a_bad_case_is_listed_and_the_others_are_written(dataset, tmp_path, caps
     before = (out / "case_1.nii.gz").stat().st_mtime_ns
     assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
     assert (out / "case_1.nii.gz").stat().st_mtime_ns == before
+
+
+def test_isles2022_prediction_lies_on_the_dwi_grid_with_flair_resampled(tmp_path):
+    session = tmp_path / "isles22" / "rawdata" / "sub-strokecase0001" / "ses-0001"
+    session.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    dwi_affine = np.array([[-2.0, 0, 0, 20.0], [0, 2.0, 0, -20.0], [0, 0, 2.0, -12.0], [0, 0, 0, 1]])
+    flair_affine = np.array([[-1.0, 0, 0, 20.0], [0, 1.0, 0, -20.0], [0, 0, 4.0, -12.0], [0, 0, 0, 1]])
+    for name, shape, affine in (("dwi", (20, 18, 12), dwi_affine), ("adc", (20, 18, 12), dwi_affine),
+                                ("flair", (40, 36, 6), flair_affine)):
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) + 1, affine),
+                 str(session / f"sub-strokecase0001_ses-0001_{name}.nii.gz"))
+    net = UNetPlusPlus(spatial_dims=3, in_channels=3, out_channels=2, strides=[[2, 2, 1]] * 4,
+                       features=[4, 4, 8, 8, 16], norm="instance")
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(tmp_path / "model.pt"),
+                 "--input", str(tmp_path / "isles22"), "--output", str(out), "--format", "isles2022",
+                 "--set", f"network_def#features={TINY}",
+                 "--set", "network_def#kernel_sizes=3"]) == 0
+    written = nib.load(out / "sub-strokecase0001_ses-0001_msk.nii.gz")
+    assert written.shape == (20, 18, 12) and written.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(written.affine, dwi_affine)
