@@ -91,13 +91,24 @@ def command_prepare(args: argparse.Namespace) -> int:
     datalist = build_datalist(kept, profile, layout, root, out, n_folds=args.folds, seed=args.seed)
     summary = summarize_fingerprint(table, profile)
     fingerprint_dir = Path(args.fingerprint_dir) if args.fingerprint_dir else out.parent
-    write_fingerprint(table, summary, fingerprint_dir)
+    _, fingerprint_json = write_fingerprint(table, summary, fingerprint_dir)
+    plans = None
+    if summary.get("training_cases"):
+        from pipeline.data.plans import derive_plans, write_plans
+
+        plans = derive_plans(fingerprint_json)
+        write_plans(plans, fingerprint_dir / "plans.json")
     write_datalist(datalist, out)
     print(
         f"  wrote {out}: {datalist['numTraining']} training records in {datalist['folds']} folds (seed {args.seed}), "
         f"{datalist['numTest']} test records"
     )
     print(f"  wrote {fingerprint_dir / 'fingerprint.csv'} and {fingerprint_dir / 'fingerprint.json'}")
+    if plans is not None:
+        print(
+            f"  wrote {fingerprint_dir / 'plans.json'}: {plans['configuration']}, patch {plans['patch_size']}, "
+            f"strides {plans['strides']}, batch {plans['batch_size']}"
+        )
     if skipped:
         atomic_write_text(out.parent / "skipped_cases.csv", "case_id,split,reason\n" + "".join(
             f"{s['case_id']},{s['split']},\"{str(s['missing']).replace(chr(34), chr(39))}\"\n" for s in skipped))
@@ -130,6 +141,13 @@ def command_demo(args: argparse.Namespace) -> int:
     print(f"  outputs under {workdir}/: data/ (ISLES 2018 layout), datalist.json, fingerprint.csv, fingerprint.json")
     print("  training, prediction and evaluation are not part of this version yet; the demo stops after the fingerprint.")
     return 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """``train --bundle DIR --datalist datalist.json [--fold K] [--epochs N] [--output DIR] [--plans plans.json]``."""
+    from pipeline.training import run_train
+
+    return run_train(args)
 
 
 def command_predict(args: argparse.Namespace) -> int:
@@ -220,6 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fingerprint-dir", default=None, help="where fingerprint.csv/json go (default: beside --out)")
     p.set_defaults(func=command_prepare)
 
+    p = sub.add_parser("train", help="train a bundle on one fold (wraps `python -m monai.bundle run`)")
+    p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
+    p.add_argument("--datalist", required=True, help="datalist written by prepare")
+    p.add_argument("--fold", type=int, default=0, help="validation fold; the others train (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the bundle's)")
+    p.add_argument("--output", default=None, help="folder for models/ and eval/ (default: the bundle's own)")
+    p.add_argument("--plans", default=None, help="plans.json whose patch size, strides, kernels, widths, batch size are used")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="bundle config override, e.g. --set learning_rate=0.003 (repeatable)")
+    p.set_defaults(func=command_train)
+
     p = sub.add_parser("predict", help="predict with a bundle's inference config; outputs on the native grid")
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
     p.add_argument("--input", required=True, help="a dataset folder (any known layout) or a datalist JSON")
@@ -231,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which cases of the datalist or folder to predict (default testing)")
     p.add_argument("--checkpoint", default=None, help="weights (default: BUNDLE/models/model.pt)")
     p.add_argument("--probabilities", action="store_true", help="also write float16 probability maps (.npz)")
+    p.add_argument("--plans", default=None,
+                   help="plans.json the network was trained with (default: trained_plans.json beside the checkpoint, if any)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="bundle config override, e.g. --set inferer#sw_batch_size=4 (repeatable)")

@@ -14,9 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Events
+import torch
+from ignite.engine import Engine, Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
+from monai.handlers import CheckpointLoader
 from monai.transforms import apply_transform
 
 from pipeline.errors import CaseError
@@ -149,3 +151,33 @@ class ResilientEvaluator(SupervisedEvaluator):
             raise CaseFailuresError(
                 f"{len(self.failures)} case(s) failed, {len(self.succeeded)} succeeded{where}: {listing}"
             )
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The most recently written training checkpoint in ``checkpoint_dir`` (``last.pt`` or
+    ``checkpoint_epoch=N.pt``, both written atomically by ``CheckpointSaver``), or ``None``."""
+    folder = Path(checkpoint_dir)
+    candidates = [p for p in [folder / "last.pt", *folder.glob("checkpoint_epoch=*.pt")] if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+
+def attach_resume(
+    trainer: Engine, checkpoint_dir: str | Path, state: Mapping[str, Any], map_location: str | torch.device = "cpu"
+) -> Path | None:
+    """Resume ``trainer`` from the latest checkpoint in ``checkpoint_dir``, when there is one:
+    model, optimizer, scheduler and the trainer's epoch and iteration (MONAI ``CheckpointLoader``,
+    which loads with ``weights_only=True``).
+
+    Args:
+        trainer: the training engine.
+        checkpoint_dir: where ``CheckpointSaver`` writes (see :func:`latest_checkpoint`).
+        state: name -> object with ``load_state_dict`` (``model``, ``optimizer``, ``lr_scheduler``, ``trainer``).
+        map_location: where tensors are loaded.
+
+    Returns:
+        The checkpoint resumed from, or ``None`` for a fresh start.
+    """
+    checkpoint = latest_checkpoint(checkpoint_dir)
+    if checkpoint is not None:
+        CheckpointLoader(load_path=str(checkpoint), load_dict=dict(state), map_location=map_location).attach(trainer)
+    return checkpoint

@@ -9,11 +9,8 @@ which writes each case on the native grid of its reference modality with that fi
 from __future__ import annotations
 
 import re
-import shlex
-import subprocess
-import sys
 import tempfile
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +19,13 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
 from pipeline.errors import CaseError
 from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_mask_like
+from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides
 
 OUTPUT_FORMATS = ("nifti", "isles2018", "isles2022")
 TEAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _first(value: Any) -> Any:
@@ -201,72 +199,21 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
     return out, "testing", datalist
 
 
-def bundle_run_command(
-    bundle: Path,
-    profile_path: Path,
-    datalist: Path,
-    split: str,
-    output_dir: Path,
-    checkpoint: Path,
-    output_format: str,
-    team_name: str,
-    channels: Sequence[str],
-    save_probabilities: bool = False,
-    overrides: Sequence[str] = (),
-    config: str = "inference.json",
-) -> list[str]:
-    """The ``python -m monai.bundle run`` command line that predicts with a bundle.
-
-    Args:
-        overrides: extra ``KEY=VALUE`` config overrides (e.g. ``network_def#features=[8,16,32,64,128]``).
-
-    Returns:
-        The argument list (``sys.executable`` first).
-
-    Raises:
-        ValueError: an override without ``=``.
-    """
-    command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--meta_file", str(bundle / "configs" / "metadata.json"),
-        "--config_file", f"['{bundle / 'configs' / config}','{profile_path}']",
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-        "--bundle_root", str(bundle),
-        "--datalist", str(datalist),
-        "--data_split", split,
-        "--output_dir", str(output_dir),
-        "--ckpt_path", str(checkpoint),
-        "--output_format", output_format,
-        "--team_name", team_name,
-        "--save_probabilities", str(bool(save_probabilities)),
-        "--channels", "[" + ",".join(channels) + "]",
-    ]
-    for override in overrides:
-        if "=" not in override:
-            raise ValueError(f"override {override!r} must be KEY=VALUE")
-        key, value = override.split("=", 1)
-        command += [f"--{key}", value]
-    return command
-
-
 def run_predict(args) -> int:
     """``python -m pipeline predict``: see the module docstring. Returns the exit status.
 
     Raises:
         FileNotFoundError: no such bundle, input or checkpoint.
-        ValueError: results already in the output folder without ``--overwrite``, a bad format.
+        ValueError: results already in the output folder without ``--overwrite``, a bad format or override.
     """
-    from pipeline.data.profiles import PROFILES_DIR
-
-    bundle = Path(args.bundle).resolve()
-    if not (bundle / "configs" / "inference.json").is_file():
-        raise FileNotFoundError(f"{bundle}: not a bundle (no configs/inference.json)")
+    bundle = check_bundle(args.bundle, "inference.json")
     output_dir = Path(args.output).resolve()
     checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else bundle / "models" / "model.pt"
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} not found: train the bundle first or give --checkpoint")
     if args.format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown --format {args.format!r}")
+    overrides = parse_overrides(args.set)
     already = existing_outputs(output_dir)
     if already and not args.overwrite:
         raise ValueError(
@@ -276,25 +223,26 @@ def run_predict(args) -> int:
     input_path = Path(args.input).resolve()
     if not input_path.exists():
         raise FileNotFoundError(f"input {str(input_path)!r} not found")
-    if output_dir == input_path or input_path in output_dir.parents and input_path.is_file():
+    if output_dir == input_path:
         raise ValueError("--output must not be the input")
     with tempfile.TemporaryDirectory(prefix="predict-") as work:
         datalist_path, split, datalist = input_datalist(input_path, args.split, Path(work))
-        profile_name = datalist.get("profile") or "isles2018"
-        profile_path = Path(profile_name) if Path(profile_name).suffix else PROFILES_DIR / f"{profile_name}.yaml"
-        channels = datalist.get("channels") or []
         records = datalist.get(split) or []
         if not records:
             raise ValueError(f"{datalist_path}: no {split!r} records to predict")
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "failures.csv").unlink(missing_ok=True)
-        command = bundle_run_command(
-            bundle, profile_path, datalist_path, split, output_dir, checkpoint, args.format, args.name,
-            channels, args.probabilities, args.set or [],
-        )
+        settings = [
+            ("datalist", str(datalist_path)), ("data_split", split), ("output_dir", str(output_dir)),
+            ("ckpt_path", str(checkpoint)), ("output_format", args.format), ("team_name", args.name),
+            ("save_probabilities", bool(args.probabilities)), ("channels", list(datalist.get("channels") or [])),
+        ]
+        plans = Path(args.plans) if args.plans else checkpoint.parent / TRAINED_PLANS
+        if args.plans or plans.is_file():
+            settings += plan_overrides(plans, ARCHITECTURE_KEYS)
+        command = bundle_command(bundle, "inference.json", profile_path(datalist), settings + overrides)
         print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format})")
-        print(shlex.join(command), flush=True)
-        status = subprocess.run(command, cwd=str(PROJECT_ROOT)).returncode
+        status = run_command(command)
     failures = output_dir / "failures.csv"
     if failures.is_file():
         print(f"predict: some cases failed (table: {failures}):")

@@ -263,3 +263,16 @@ def test_our_datalist_reads_back_as_an_msd_layout(tmp_path, profile):
     assert [r["patient_id"] for r in again["training"]] == [r["patient_id"] for r in first["training"]]
     assert load_datalist(tmp_path / "again.json") == load_datalist(out)
     assert load_datalist(tmp_path / "again.json", "testing") == load_datalist(out, "testing")
+
+
+def test_fold_and_exclude_fold_split_training_records_into_validation_and_training(tmp_path):
+    import json
+
+    from pipeline.data.datalist import load_datalist
+
+    path = tmp_path / "d.json"
+    records = [{"case_id": f"c{i}", "image": [f"c{i}.nii"], "label": f"l{i}.nii", "fold": i % 3} for i in range(6)]
+    path.write_text(json.dumps({"folds": 3, "training": records, "testing": []}))
+    validation = {r["case_id"] for r in load_datalist(path, "training", fold=1)}
+    training = {r["case_id"] for r in load_datalist(path, "training", exclude_fold=1)}
+    assert validation == {"c1", "c4"} and training == {"c0", "c2", "c3", "c5"}

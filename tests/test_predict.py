@@ -112,7 +112,7 @@ def dataset(tmp_path_factory):
 
 def predict(dataset: Path, *extra: str) -> int:
     return main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
-                 "--set", f"network_def#features={TINY}", *extra])
+                 "--set", f"features={TINY}", *extra])
 
 
 def test_isles2018_submission_files_carry_the_ct_header(dataset, tmp_path, capsys):
@@ -165,8 +165,8 @@ def test_isles2022_prediction_lies_on_the_dwi_grid_with_flair_resampled(tmp_path
     out = tmp_path / "pred"
     assert main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(tmp_path / "model.pt"),
                  "--input", str(tmp_path / "isles22"), "--output", str(out), "--format", "isles2022",
-                 "--set", f"network_def#features={TINY}",
-                 "--set", "network_def#kernel_sizes=3"]) == 0
+                 "--set", f"features={TINY}",
+                 "--set", "kernel_sizes=3"]) == 0
     written = nib.load(out / "sub-strokecase0001_ses-0001_msk.nii.gz")
     assert written.shape == (20, 18, 12) and written.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(written.affine, dwi_affine)

@@ -267,13 +267,18 @@ def _absolute(value: Any, base: Path) -> Any:
     return value
 
 
-def load_datalist(path: str | Path, split: str = "training", fold: int | None = None) -> list[dict[str, Any]]:
+def load_datalist(
+    path: str | Path, split: str = "training", fold: int | None = None, exclude_fold: int | None = None
+) -> list[dict[str, Any]]:
     """Read the records of one split of a datalist, with every path made absolute.
 
     Args:
         path: the datalist JSON file.
         split: ``training`` or ``testing`` (``test`` is accepted for MSD files).
-        fold: keep only the training records of this fold; ``None`` keeps all.
+        fold: keep only the training records of this fold (the validation set of fold ``fold``);
+            ``None`` keeps all.
+        exclude_fold: keep only the training records of the other folds (the training set of
+            that fold); ``None`` keeps all.
 
     Returns:
         The records (dicts) with ``image``, ``label``, ``reference`` and ``modalities`` paths absolute.
@@ -298,17 +303,21 @@ def load_datalist(path: str | Path, split: str = "training", fold: int | None = 
     if key not in data:
         lists = [k for k, v in data.items() if isinstance(v, list)]
         raise ValueError(f"datalist {str(path)!r} has no {split!r} list (it has: {', '.join(lists) or 'none'})")
-    if fold is not None:
+    for chosen in (fold, exclude_fold):
+        if chosen is None:
+            continue
         if split != "training":
-            raise ValueError(f"only training records have folds; got split {split!r} with fold {fold}")
+            raise ValueError(f"only training records have folds; got split {split!r} with fold {chosen}")
         n_folds = data.get("folds")
-        if fold < 0 or (isinstance(n_folds, int) and fold >= n_folds):
-            raise ValueError(f"datalist {str(path)!r} has folds 0..{(n_folds or 1) - 1}; got fold {fold}")
+        if chosen < 0 or (isinstance(n_folds, int) and chosen >= n_folds):
+            raise ValueError(f"datalist {str(path)!r} has folds 0..{(n_folds or 1) - 1}; got fold {chosen}")
     base = path.resolve().parent
     records = []
     for item in data[key]:
         entry = {"image": item} if isinstance(item, (str, list)) else dict(item)
         if fold is not None and entry.get("fold") != fold:
+            continue
+        if exclude_fold is not None and entry.get("fold") == exclude_fold:
             continue
         for k in _PATH_KEYS + ("modalities",):
             if k in entry and entry[k] is not None:

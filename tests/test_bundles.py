@@ -1,0 +1,146 @@
+"""Both bundles through MONAI's own bundle tooling: metadata, properties, shapes, export, train, resume, infer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from pipeline.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = [ROOT / "bundles" / "isles_unetplusplus", ROOT / "bundles" / "isles_unet"]
+PROFILE = str(ROOT / "configs" / "datasets" / "isles2018.yaml")
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
+TINY = ["--set", "features=[4,8,8,16,16]", "--set", "patch_size=[64,64,2]", "--set", "val_interval=1",
+        "--set", "batch_size=2", "--set", "cache_rate=0.0"]
+IDS = ["unetplusplus", "unet"]
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bundles")
+    assert main(["synth", str(root / "data"), "--cases", "4", "--test-cases", "2", "--seed", "21"]) == 0
+    assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"), "--folds", "2"]) == 0
+    return root / "datalist.json"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_metadata_validates_against_the_bundle_schema(bundle):
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    jsonschema.validate(metadata, json.loads(SCHEMA.read_text()))
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {
+        "0": "CBF", "1": "CBV", "2": "MTT", "3": "Tmax"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("workflow_type,config", [("train", "train.json"), ("infer", "inference.json")])
+def test_config_workflow_finds_every_required_property(bundle, workflow_type, config, datalist, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / config), PROFILE],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        datalist=str(datalist),
+        bundle_root=str(tmp_path),
+        cache_rate=0.0,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_verify_net_in_out(bundle):
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=[str(bundle / "configs" / "inference.json"), PROFILE],
+        n=4,
+        any=2,
+        **{"features": [4, 4, 8, 8, 16]},
+    )
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_train_resume_export_and_predict(bundle, datalist, tmp_path, capfd):
+    output = tmp_path / "run"
+    common = ["train", "--bundle", str(bundle), "--datalist", str(datalist), "--fold", "0", "--output", str(output)]
+    assert main(common + ["--epochs", "1"] + TINY) == 0
+    printed = capfd.readouterr().out
+    assert "-m monai.bundle run --meta_file" in printed and "train.json" in printed
+    models = output / "models"
+    assert (models / "model.pt").is_file() and (models / "last.pt").is_file()
+    first = torch.load(models / "last.pt", weights_only=True)
+    epoch_length = first["trainer"]["epoch_length"]
+    assert first["trainer"]["iteration"] == epoch_length  # one epoch done
+
+    # a second run with more epochs continues from the saved epoch, with optimizer and scheduler
+    assert main(common + ["--epochs", "2"] + TINY) == 0
+    log = capfd.readouterr()
+    assert "Restored all variables" in log.out + log.err
+    resumed = torch.load(models / "last.pt", weights_only=True)
+    assert resumed["trainer"]["iteration"] == 2 * epoch_length and resumed["trainer"]["max_epochs"] == 2
+    assert resumed["optimizer"]["state"] and resumed["lr_scheduler"]["last_epoch"] == 2
+
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(exported),
+        ckpt_file=str(models / "model.pt"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=[str(bundle / "configs" / "inference.json"), PROFILE],
+        **{"features": [4, 8, 8, 16, 16]},
+    )
+    scripted = torch.jit.load(str(exported))
+    assert scripted(torch.zeros(1, 4, 32, 32, 2)).shape == (1, 2, 32, 32, 2)
+
+    predictions = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(predictions),
+                 "--checkpoint", str(models / "model.pt"), "--set", "features=[4,8,8,16,16]"]) == 0
+    assert len(list(predictions.glob("*.nii.gz"))) == 2
+
+
+def test_evaluate_config_scores_the_validation_fold(datalist, tmp_path):
+    bundle = BUNDLES[0]
+    output = tmp_path / "run"
+    assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
+                 "--epochs", "1"] + TINY) == 0
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json"), PROFILE],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train",
+        datalist=str(datalist),
+        bundle_root=str(bundle),
+        ckpt_dir=str(output / "models"),
+        output_dir=str(tmp_path / "eval"),
+        features=[4, 8, 8, 16, 16],
+        cache_rate=0.0,
+    )
+    workflow.initialize()
+    workflow.run()
+    assert (tmp_path / "eval" / "val_mean_dice_raw.csv").is_file()
+    assert "val_mean_dice" in (tmp_path / "eval" / "metrics.csv").read_text()
+
+
+def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path):
+    from pipeline.data.plans import load_plans, write_plans
+
+    plans = load_plans(datalist.parent / "plans.json")  # written by prepare
+    assert plans["strides"][0] == [2, 2, 1]  # 2-slice slabs: the slice axis is not pooled
+    depth = len(plans["strides"])
+    plans.update(patch_size=[64, 64, 2], features=[4] * (depth + 1), batch_size=2)
+    tiny = write_plans(plans, tmp_path / "plans.json")
+    bundle = BUNDLES[0]
+    output = tmp_path / "run"
+    assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
+                 "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1"]) == 0
+    assert load_plans(output / "models" / "trained_plans.json")["features"] == [4] * (depth + 1)
+    # predict rebuilds the planned network from the plans beside the checkpoint
+    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(tmp_path / "pred"),
+                 "--checkpoint", str(output / "models" / "model.pt")]) == 0
