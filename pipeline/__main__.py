@@ -10,6 +10,7 @@ Exit status 0 on success; on bad input, 2 with one paragraph naming the case and
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -118,31 +119,6 @@ def command_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_demo(args: argparse.Namespace) -> int:
-    """``demo [--workdir DIR] [--cases N] [--seed S]``: the main job on the embedded default data."""
-    workdir = Path(args.workdir)
-    data_dir = workdir / "data"
-    steps: list[tuple[str, float]] = []
-
-    start = time.perf_counter()
-    command_synth(argparse.Namespace(out=str(data_dir), cases=args.cases, test_cases=args.test_cases,
-                                     seed=args.seed, overwrite=True))
-    steps.append(("synth", time.perf_counter() - start))
-
-    start = time.perf_counter()
-    command_prepare(argparse.Namespace(
-        root=str(data_dir), layout="auto", out=str(workdir / "datalist.json"), folds=5, seed=args.seed,
-        profile=None, channels=None, skip_incomplete=False, fingerprint_dir=None))
-    steps.append(("prepare + fingerprint", time.perf_counter() - start))
-
-    print("\ndemo: what ran")
-    for name, seconds in steps:
-        print(f"  {name:<24} {seconds:6.1f} s")
-    print(f"  outputs under {workdir}/: data/ (ISLES 2018 layout), datalist.json, fingerprint.csv, fingerprint.json")
-    print("  training, prediction and evaluation are not part of this version yet; the demo stops after the fingerprint.")
-    return 0
-
-
 def command_train(args: argparse.Namespace) -> int:
     """``train --bundle DIR --datalist datalist.json [--fold K] [--epochs N] [--output DIR] [--plans plans.json]``."""
     from pipeline.training import run_train
@@ -155,6 +131,83 @@ def command_predict(args: argparse.Namespace) -> int:
     from pipeline.predict import run_predict
 
     return run_predict(args)
+
+
+
+DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """``demo [--workdir DIR] [--cases N] [--test-cases M] [--seed S] [--train-budget SECONDS]``.
+
+    The main job on the embedded default data: synth -> prepare (fingerprint, plans) -> train the
+    UNet++ bundle within a CPU time budget -> predict the test split -> evaluate against the
+    clinical threshold rule -> report. Every step is a command of this CLI, run as a user would.
+    """
+    import shutil
+
+    from pipeline.data.plans import load_plans, write_plans
+
+    workdir = Path(args.workdir).resolve()
+    data_dir, datalist = workdir / "data", workdir / "datalist.json"
+    run_dir, predictions = workdir / "unetplusplus", workdir / "predictions"
+    steps: list[tuple[str, float]] = []
+
+    def step(name: str, status: int, started: float) -> None:
+        steps.append((name, time.perf_counter() - started))
+        if status != 0:
+            raise RuntimeError(f"demo: step {name!r} failed with exit status {status}")
+
+    started = time.perf_counter()
+    step("synth", command_synth(argparse.Namespace(
+        out=str(data_dir), cases=args.cases, test_cases=args.test_cases, seed=args.seed, overwrite=True)), started)
+
+    started = time.perf_counter()
+    step("prepare (fingerprint, plans)", command_prepare(argparse.Namespace(
+        root=str(data_dir), layout="auto", out=str(datalist), folds=5, seed=args.seed, profile=None,
+        channels=None, skip_incomplete=False, fingerprint_dir=None)), started)
+
+    # The planned network sized for a 2-core CPU budget: the plan's strides and kernels, narrower
+    # widths and a smaller in-plane patch.
+    plans = load_plans(workdir / "plans.json")
+    depth = len(plans["strides"])
+    plans.update(
+        features=[min(8 * 2**i, 128) for i in range(depth + 1)],
+        patch_size=[128, 128, plans["patch_size"][2]],
+        batch_size=4,
+    )
+    demo_plans = write_plans(plans, workdir / "demo_plans.json")
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own previous run: start afresh, do not resume
+    started = time.perf_counter()
+    step("train UNet++", command_train(argparse.Namespace(
+        bundle=str(DEMO_BUNDLE), datalist=str(datalist), fold=0, epochs=args.epochs, output=str(run_dir),
+        plans=str(demo_plans),
+        set=["learning_rate=0.003", f"val_interval={args.epochs}", f"time_budget_s={args.train_budget}"])), started)
+
+    started = time.perf_counter()
+    step("predict test split", command_predict(argparse.Namespace(
+        bundle=str(DEMO_BUNDLE), input=str(datalist), output=str(predictions), format="nifti", name="demo",
+        split="testing", checkpoint=str(run_dir / "models" / "last.pt"), probabilities=False, overwrite=True,
+        set=None, plans=None)), started)
+
+    started = time.perf_counter()
+    step("evaluate + report", command_evaluate(argparse.Namespace(
+        pred=str(predictions), truth=str(data_dir / "TESTING_GROUND_TRUTH"), out=str(workdir / "eval" / "metrics.csv"),
+        baseline="threshold", images=str(datalist), report=str(workdir / "report"),
+        logs=[str(run_dir / "eval")], tolerance_mm=0.01)), started)
+
+    summary = json.loads((workdir / "eval" / "metrics_summary.json").read_text())
+    print("\ndemo: what ran")
+    for name, seconds in steps:
+        print(f"  {name:<30} {seconds:7.1f} s")
+    print(f"  total                          {sum(s for _, s in steps):7.1f} s")
+    model = summary["dice_difference"]["model_mean_dice"]
+    rule = summary["dice_difference"]["threshold_mean_dice"]
+    print(f"\ndemo: mean Dice on the {args.test_cases} held-out test cases: UNet++ {model:.3f}, "
+          f"clinical threshold rule {rule:.3f} (difference {model - rule:+.3f})")
+    print(f"  outputs under {workdir}/: data/, datalist.json, plans.json, unetplusplus/ (models, logs), "
+          "predictions/, eval/, report/report.md")
+    return 0
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -291,9 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded synthetic data")
     p.add_argument("--workdir", default="demo_output")
-    p.add_argument("--cases", type=int, default=24)
-    p.add_argument("--test-cases", type=int, default=8)
+    p.add_argument("--cases", type=int, default=24, help="training cases (default 24)")
+    p.add_argument("--test-cases", type=int, default=8, help="held-out test cases (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=40, help="most epochs to train (default 40)")
+    p.add_argument("--train-budget", type=float, default=360.0,
+                   help="seconds of training time at most (default 360: 6 minutes)")
     p.set_defaults(func=command_demo)
     return parser
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,32 @@ def attach_resume(
     if checkpoint is not None:
         CheckpointLoader(load_path=str(checkpoint), load_dict=dict(state), map_location=map_location).attach(trainer)
     return checkpoint
+
+
+def attach_time_budget(trainer: Engine, budget_s: float | None) -> bool:
+    """Stop ``trainer`` at the end of the last epoch that fits in ``budget_s`` seconds of training.
+
+    After each epoch the mean epoch time so far is taken as the next epoch's; when it would end past
+    the budget, the run is terminated (Ignite then completes normally, so final checkpoints are
+    written). ``None`` or 0 means no budget.
+
+    Returns:
+        True when a budget was attached.
+    """
+    if not budget_s:
+        return False
+    clock: dict[str, float] = {}
+
+    def start(engine: Engine) -> None:
+        clock["start"], clock["first_epoch"] = time.monotonic(), engine.state.epoch
+
+    def check(engine: Engine) -> None:
+        elapsed = time.monotonic() - clock["start"]
+        per_epoch = elapsed / max(1, engine.state.epoch - clock["first_epoch"])
+        if elapsed + per_epoch > budget_s and engine.state.epoch < engine.state.max_epochs:
+            engine.logger.info(f"time budget of {budget_s:.0f} s reached after epoch {engine.state.epoch}: stopping")
+            engine.terminate()
+
+    trainer.add_event_handler(Events.STARTED, start)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+    return True

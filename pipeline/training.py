@@ -80,5 +80,9 @@ def run_train(args) -> int:
     if args.plans:
         from pipeline.data.plans import load_plans, write_plans
 
-        write_plans(load_plans(args.plans), checkpoint_dir(args) / TRAINED_PLANS)
+        plans = load_plans(args.plans)
+        for key, value in parse_overrides(args.set):
+            if key in PLANNED_KEYS:  # the run's --set wins over the plans: keep what was really trained
+                plans[key] = json.loads(value)
+        write_plans(plans, checkpoint_dir(args) / TRAINED_PLANS)
     return run_command(command)
