@@ -22,18 +22,10 @@ from monai.engines import SupervisedEvaluator
 from monai.handlers import CheckpointLoader
 from monai.transforms import apply_transform
 
-from pipeline.errors import CaseError
+from pipeline.errors import CaseError, root_cause
 from pipeline.io import atomic_write_text
 
 ERROR_KEY = "error"
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """Return the outermost :class:`CaseError` in ``err``'s chain of causes, else the innermost cause
-    (MONAI wraps transform errors in RuntimeErrors)."""
-    while not isinstance(err, CaseError) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
 
 
 def describe_failure(err: BaseException, case_id: Any = None) -> str:

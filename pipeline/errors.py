@@ -41,3 +41,11 @@ class GeometryError(CaseError):
 
 class LayoutError(ValueError):
     """A dataset root does not match the layout it was read as (or no layout could be detected)."""
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """Return the outermost :class:`CaseError` in ``err``'s chain of causes, else the innermost cause
+    (MONAI wraps transform and reader errors in RuntimeErrors)."""
+    while not isinstance(err, CaseError) and err.__cause__ is not None:
+        err = err.__cause__
+    return err

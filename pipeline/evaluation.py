@@ -29,13 +29,12 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from pipeline.baseline import threshold_rule
 from pipeline.data.datalist import load_datalist, natural_key, strip_image_suffix
 from pipeline.data.layouts import detect_layout, discover_cases
 from pipeline.errors import CaseError, LayoutError
-from pipeline.io import Geometry, atomic_path, atomic_write_json, is_nifti, read_geometry
+from pipeline.io import Geometry, atomic_path, atomic_write_json, read_array, read_geometry
 from pipeline.metrics import METRIC_NAMES, case_metrics, volume_ml
 from pipeline.transforms import grid_difference
 
@@ -109,14 +108,7 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     geometry = read_geometry(path)
     try:
-        if is_nifti(path):
-            data = np.asanyarray(nib.load(str(path)).dataobj)
-        else:
-            image = sitk.ReadImage(str(path))
-            data = sitk.GetArrayFromImage(image)
-            spatial = min(image.GetDimension(), 3)
-            order = list(range(spatial))[::-1] + list(range(spatial, data.ndim))
-            data = np.transpose(data, order)
+        data = read_array(path)
     except (OSError, RuntimeError, EOFError, nib.filebasedimages.ImageFileError) as err:
         raise ValueError(f"{path}: cannot read the image ({err})") from err
     while data.ndim > 3 and data.shape[-1] == 1:

@@ -348,6 +348,22 @@ class SimpleITKReader(ImageReader):
         return _stack_images(arrays, compatible), compatible
 
 
+def read_array(path: str | Path) -> np.ndarray:
+    """Read an image's voxels as stored, in (x, y, z[, ...]) order, without resampling.
+
+    NIfTI is read with nibabel (scaling applied), MHA/NRRD files and DICOM series folders with
+    :class:`SimpleITKReader` (vector components last).
+
+    Raises:
+        OSError, RuntimeError, EOFError, nibabel's ImageFileError: the file cannot be read.
+    """
+    if is_nifti(path):
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    reader = SimpleITKReader()
+    array, _ = reader.get_data(reader.read(str(path)))
+    return array
+
+
 def image_readers() -> list[ImageReader]:
     """The readers ``LoadImage`` should use: SimpleITK for MHA/NRRD/DICOM, nibabel for NIfTI (tried first)."""
     return [SimpleITKReader(), SpacingAwareNibabelReader()]

@@ -20,6 +20,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
+from pipeline.data.datalist import strip_image_suffix
 from pipeline.errors import CaseError
 from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_mask_like
 from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides
@@ -71,7 +72,7 @@ def prediction_filename(
         return f"SMIR.{team_name}.{smir_id}.nii"
     if output_format == "isles2022":
         name = Path(reference_path or case_id).name
-        stem = next((name[: -len(s)] for s in IMAGE_SUFFIXES if name.lower().endswith(s)), name)
+        stem = strip_image_suffix(name) or name
         stem = re.sub(r"_dwi$", "_msk", stem, flags=re.IGNORECASE) if re.search(r"_dwi$", stem, re.I) else f"{stem}_msk"
         return f"{stem}{extension}"
     raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")

@@ -37,7 +37,7 @@ from monai.transforms import (
 )
 
 from pipeline.data.profiles import DatasetProfile
-from pipeline.errors import CaseError, GeometryError
+from pipeline.errors import CaseError, GeometryError, root_cause
 from pipeline.io import Geometry, format_mm, image_readers, read_geometry
 
 
@@ -188,10 +188,7 @@ class LoadModalitiesd(MapTransform):
         try:
             image = self.loader(path)
         except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
-            cause = err
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            raise CaseError(case_id, path, f"cannot read {name}: {str(cause).strip()}") from err
+            raise CaseError(case_id, path, f"cannot read {name}: {str(root_cause(err)).strip()}") from err
         if image.shape[0] != 1:
             raise CaseError(case_id, path, f"{name} holds {image.shape[0]} volumes; one 3D volume per channel is expected")
         finite = torch.isfinite(image)

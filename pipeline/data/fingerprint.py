@@ -13,24 +13,20 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from monai.transforms import LoadImage
 from scipy import ndimage
 
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import CaseError
-from pipeline.io import atomic_write_json, atomic_write_text, image_readers, is_nifti
+from pipeline.io import atomic_write_json, atomic_write_text, is_nifti, read_array
 from pipeline.transforms import check_case_geometry
 
 PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
 
 
 def _read_array(path: str) -> tuple[np.ndarray, str]:
-    if is_nifti(path):
-        img = nib.load(path)
-        return np.asanyarray(img.dataobj), str(img.get_data_dtype())
-    data = LoadImage(reader=image_readers(), image_only=True)(path)
-    return np.asarray(data), str(data.dtype)
+    data = read_array(path)
+    return data, str(nib.load(path).get_data_dtype() if is_nifti(path) else data.dtype)
 
 
 def case_fingerprint(record: CaseRecord, profile: DatasetProfile) -> dict[str, Any]:
@@ -99,7 +95,7 @@ def case_fingerprint(record: CaseRecord, profile: DatasetProfile) -> dict[str, A
         for p, q in zip(PERCENTILES, quantiles):
             row[f"{name}_p{p:g}"] = float(q)
     if record.label:
-        label = np.asanyarray(nib.load(record.label).dataobj) > 0 if is_nifti(record.label) else _read_array(record.label)[0] > 0
+        label = read_array(record.label) > 0
         row["lesion_ml"] = float(label.sum() * voxel_ml)
         # full connectivity (26 neighbours in 3D), the ISLES convention for counting lesions
         row["lesion_count"] = int(ndimage.label(label, structure=np.ones((3,) * label.ndim, bool))[1])
