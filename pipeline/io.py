@@ -25,6 +25,16 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (setting and restoring it is the only portable getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, else removed.
@@ -40,6 +50,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates mode 0600; give the file the mode an ordinary open() would (0666 less the umask)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -245,6 +245,12 @@ def test_load_datalist_makes_paths_absolute_and_filters_folds(tmp_path, profile)
     assert {r["case_id"] for r in fold1} == {r["case_id"] for r in datalist["training"] if r["fold"] == 1}
     with pytest.raises(ValueError, match="fold"):
         load_datalist(out, fold=3)
+    others = load_datalist(out, exclude_fold=1)
+    assert {r["case_id"] for r in others} == {r["case_id"] for r in everything} - {r["case_id"] for r in fold1}
+    # nnU-Net's "fold all": a config passes its fold to both filters and gets every training record
+    assert load_datalist(out, exclude_fold="all") == everything == load_datalist(out, fold="all")
+    with pytest.raises(ValueError, match="whole number"):
+        load_datalist(out, fold="1")
 
 
 def test_our_datalist_reads_back_as_an_msd_layout(tmp_path, profile):

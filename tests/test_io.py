@@ -32,3 +32,14 @@ def test_nifti_is_saved_with_its_compression_suffix(tmp_path):
     assert path.read_bytes()[:2] == b"\x1f\x8b"  # gzip magic
     assert nib.load(path).get_fdata().sum() == 18
     assert [p.name for p in tmp_path.iterdir()] == ["m.nii.gz"]
+
+
+def test_written_files_get_the_mode_of_an_ordinary_open(tmp_path):
+    import os
+
+    from pipeline.io import _UMASK
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_json(tmp_path / "out.json", {"version": 1})
+    assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777 == 0o666 & ~_UMASK

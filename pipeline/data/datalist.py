@@ -267,8 +267,14 @@ def _absolute(value: Any, base: Path) -> Any:
     return value
 
 
+ALL_FOLDS = "all"
+
+
 def load_datalist(
-    path: str | Path, split: str = "training", fold: int | None = None, exclude_fold: int | None = None
+    path: str | Path,
+    split: str = "training",
+    fold: int | str | None = None,
+    exclude_fold: int | str | None = None,
 ) -> list[dict[str, Any]]:
     """Read the records of one split of a datalist, with every path made absolute.
 
@@ -276,9 +282,11 @@ def load_datalist(
         path: the datalist JSON file.
         split: ``training`` or ``testing`` (``test`` is accepted for MSD files).
         fold: keep only the training records of this fold (the validation set of fold ``fold``);
-            ``None`` keeps all.
+            ``None`` or ``"all"`` keeps all.
         exclude_fold: keep only the training records of the other folds (the training set of
-            that fold); ``None`` keeps all.
+            that fold); ``None`` or ``"all"`` keeps all. ``"all"`` is nnU-Net's "fold all": a bundle
+            config passes its ``fold`` id as both arguments, so ``fold="all"`` trains on every
+            training record (and validates on the same records, which then measures the fit only).
 
     Returns:
         The records (dicts) with ``image``, ``label``, ``reference`` and ``modalities`` paths absolute.
@@ -303,9 +311,13 @@ def load_datalist(
     if key not in data:
         lists = [k for k, v in data.items() if isinstance(v, list)]
         raise ValueError(f"datalist {str(path)!r} has no {split!r} list (it has: {', '.join(lists) or 'none'})")
+    fold = None if fold == ALL_FOLDS else fold
+    exclude_fold = None if exclude_fold == ALL_FOLDS else exclude_fold
     for chosen in (fold, exclude_fold):
         if chosen is None:
             continue
+        if isinstance(chosen, bool) or not isinstance(chosen, int):
+            raise ValueError(f"a fold is a whole number or {ALL_FOLDS!r}; got {chosen!r}")
         if split != "training":
             raise ValueError(f"only training records have folds; got split {split!r} with fold {chosen}")
         n_folds = data.get("folds")
