@@ -4,6 +4,8 @@ A bundle's inference ``evaluator`` is a :class:`ResilientEvaluator` over a :clas
 a case whose files cannot be loaded, or whose prediction cannot be written, is recorded in a
 failures table and the run goes on with the other cases; ``raise_if_failed`` (the bundle's
 ``finalize`` step) then ends the run with a non-zero exit status that names every failed case.
+Under ``torchrun`` (``multi_gpu_inference.json``) each rank predicts its share of the cases and
+:meth:`ResilientEvaluator.gather_failures` merges the ranks' failures: rank 0 alone writes the table.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import apply_transform
 
+from pipeline.distributed import is_distributed, same_on_every_rank
 from pipeline.errors import CaseError, root_cause
 from pipeline.io import atomic_write_text
 
@@ -83,7 +87,10 @@ class ResilientEvaluator(SupervisedEvaluator):
     A batch that arrives as a :class:`ResilientDataset` error item, or whose inference or
     post-processing (inversion, writing) raises, is added to :attr:`failures`; at the end of the run
     the failures are written to ``failures_path`` (CSV: case_id, error). Use batch size 1 so that a
-    failure concerns one case only. Takes every ``SupervisedEvaluator`` argument, plus:
+    failure concerns one case only. With several ranks (``torch.distributed`` initialized), each rank
+    records its own cases and :meth:`gather_failures` (called by :meth:`raise_if_failed`, or by the
+    ``finalize`` step of ``multi_gpu_inference.json``) merges them; rank 0 alone writes the table,
+    sorted by case id. Takes every ``SupervisedEvaluator`` argument, plus:
 
     Args:
         failures_path: where the failures table is written when there are failures (``None``: not written).
@@ -96,11 +103,13 @@ class ResilientEvaluator(SupervisedEvaluator):
         self.succeeded: list[str] = []
         self.failures_path = Path(failures_path) if failures_path else None
         self.case_key = case_key
+        self._gathered = False
         self.add_event_handler(Events.STARTED, self._reset)
         self.add_event_handler(Events.COMPLETED, self._write_failures)
 
     def _reset(self, engine) -> None:
         self.failures, self.succeeded = [], []
+        self._gathered = False
 
     def _case_ids(self, batchdata: Mapping) -> list[str]:
         ids = batchdata.get(self.case_key, []) if isinstance(batchdata, Mapping) else []
@@ -133,11 +142,38 @@ class ResilientEvaluator(SupervisedEvaluator):
         return buffer.getvalue()
 
     def _write_failures(self, engine) -> None:
-        if self.failures and self.failures_path is not None:
+        # with several ranks the table is written once, by rank 0, in gather_failures
+        if self.failures and self.failures_path is not None and not is_distributed():
             atomic_write_text(self.failures_path, self.failures_csv())
 
+    def gather_failures(self) -> list[dict[str, str]]:
+        """Merge the failures and successes of every rank (``torch.distributed.all_gather_object``);
+        rank 0 writes the merged table (sorted by case id) to ``failures_path`` when a case failed,
+        and every rank waits for that (barrier). Every rank must call it, also a rank that had no case
+        to run. In a single process, or when already gathered, it changes nothing.
+
+        Returns:
+            The failures of every rank (of this process in a single process).
+        """
+        if self._gathered or not is_distributed():
+            return self.failures
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (self.failures, self.succeeded))
+        self.failures = sorted((f for failures, _ in gathered for f in failures), key=lambda f: f["case_id"])
+        self.succeeded = [case for _, succeeded in gathered for case in succeeded]
+        if self.failures and self.failures_path is not None and torch.distributed.get_rank() == 0:
+            atomic_write_text(self.failures_path, self.failures_csv())
+        torch.distributed.barrier()
+        self._gathered = True
+        return self.failures
+
     def raise_if_failed(self) -> None:
-        """Raise :class:`CaseFailuresError` listing the failed cases, if any (a bundle's ``finalize`` step)."""
+        """Raise :class:`CaseFailuresError` listing the failed cases, if any (a bundle's ``finalize`` step).
+
+        With several ranks it first merges the ranks' failures (:meth:`gather_failures`), so that
+        every rank raises when any case of any rank failed.
+        """
+        self.gather_failures()
         if self.failures:
             listing = "; ".join(f"{f['error']}" for f in self.failures)
             where = f" (table: {self.failures_path})" if self.failures_path else ""
@@ -146,9 +182,51 @@ class ResilientEvaluator(SupervisedEvaluator):
             )
 
 
+class _AtomicDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` in its atomic mode (temporary file, then rename), with MONAI's fixed file
+    names, that never leaves the folder without a complete checkpoint.
+
+    Ignite removes the checkpoint being superseded *before* writing the new one; here the removal waits
+    until the new file is in place (and a fixed name is simply replaced by the rename).
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None):
+        super().__init__(dirname=str(dirname), require_empty=False, atomic=True)
+        self.filename = filename
+        self._superseded: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        filename = self.filename or filename
+        super().__call__(checkpoint=checkpoint, filename=filename, metadata=metadata)
+        while self._superseded:
+            old = self._superseded.pop()
+            if old != filename and (Path(self.dirname) / old).exists():
+                super().remove(old)
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are written atomically.
+
+    MONAI writes checkpoints in place (``atomic=False``, to keep them group-readable): a run killed
+    while saving leaves a truncated ``last.pt`` that resume then fails on. Here every checkpoint goes
+    to a temporary file that is renamed over the old one (ignite's atomic mode, which also makes the
+    file group- and world-readable), so the newest complete checkpoint always survives.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+
+
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The most recently written training checkpoint in ``checkpoint_dir`` (``last.pt`` or
-    ``checkpoint_epoch=N.pt``, both written atomically by ``CheckpointSaver``), or ``None``."""
+    ``checkpoint_epoch=N.pt``, both written atomically by
+    :class:`AtomicCheckpointSaver`), or ``None``."""
     folder = Path(checkpoint_dir)
     candidates = [p for p in [folder / "last.pt", *folder.glob("checkpoint_epoch=*.pt")] if p.is_file()]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
@@ -159,7 +237,10 @@ def attach_resume(
 ) -> Path | None:
     """Resume ``trainer`` from the latest checkpoint in ``checkpoint_dir``, when there is one:
     model, optimizer, scheduler and the trainer's epoch and iteration (MONAI ``CheckpointLoader``,
-    which loads with ``weights_only=True``).
+    which loads with ``weights_only=True``; a ``DistributedDataParallel`` model loads into its module).
+
+    With several ranks every rank must call it, and all must find the same checkpoint (on several
+    nodes, ``checkpoint_dir`` must be on a filesystem that they share).
 
     Args:
         trainer: the training engine.
@@ -169,8 +250,12 @@ def attach_resume(
 
     Returns:
         The checkpoint resumed from, or ``None`` for a fresh start.
+
+    Raises:
+        RuntimeError: with several ranks, the ranks found different checkpoints (or some none).
     """
     checkpoint = latest_checkpoint(checkpoint_dir)
+    same_on_every_rank(None if checkpoint is None else str(checkpoint), f"the checkpoint to resume from in {checkpoint_dir}")
     if checkpoint is not None:
         CheckpointLoader(load_path=str(checkpoint), load_dict=dict(state), map_location=map_location).attach(trainer)
     return checkpoint

@@ -1,7 +1,10 @@
 """Prediction delivery: output names per format, the writer transform, and ``python -m pipeline predict``.
 
 ``predict`` is a thin wrapper: it turns its input into a datalist, prints the equivalent
-``python -m monai.bundle run ...`` line for the bundle's inference config and runs it. The config's
+``python -m monai.bundle run ...`` line for the bundle's inference config and runs it; with
+``--nproc N`` it runs ``python -m torch.distributed.run --standalone --nproc_per_node N -m monai.bundle
+run ...`` with the bundle's ``multi_gpu_inference.json`` merged after ``inference.json`` (each process
+predicts its share of the cases; the files written are the same as with one process). The config's
 post-processing inverts the preprocessing (MONAI ``Invertd``) and ends in :class:`SavePredictiond`,
 which writes each case on the native grid of its reference modality with that file's header.
 """
@@ -21,6 +24,7 @@ from monai.transforms import MapTransform
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
 from pipeline.data.datalist import strip_image_suffix
+from pipeline.distributed import torchrun_command
 from pipeline.errors import CaseError
 from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_mask_like
 from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides
@@ -203,11 +207,21 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
 def run_predict(args) -> int:
     """``python -m pipeline predict``: see the module docstring. Returns the exit status.
 
+    ``args.nproc`` (``--nproc``, default 1) above 1 runs the bundle under ``torch.distributed.run``
+    with ``configs/multi_gpu_inference.json`` (one process per GPU on a GPU machine).
+
     Raises:
-        FileNotFoundError: no such bundle, input or checkpoint.
-        ValueError: results already in the output folder without ``--overwrite``, a bad format or override.
+        FileNotFoundError: no such bundle (or, with ``--nproc``, no ``multi_gpu_inference.json``), input or checkpoint.
+        ValueError: results already in the output folder without ``--overwrite``, a bad format,
+            override or ``--nproc``.
     """
     bundle = check_bundle(args.bundle, "inference.json")
+    nproc = int(getattr(args, "nproc", None) or 1)
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    extra_configs = ["multi_gpu_inference.json"] if nproc > 1 else []
+    if extra_configs:
+        check_bundle(bundle, extra_configs[0])
     output_dir = Path(args.output).resolve()
     checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else bundle / "models" / "model.pt"
     if not checkpoint.is_file():
@@ -241,8 +255,11 @@ def run_predict(args) -> int:
         plans = Path(args.plans) if args.plans else checkpoint.parent / TRAINED_PLANS
         if args.plans or plans.is_file():
             settings += plan_overrides(plans, ARCHITECTURE_KEYS)
-        command = bundle_command(bundle, "inference.json", profile_path(datalist), settings + overrides)
-        print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format})")
+        command = bundle_command(bundle, "inference.json", profile_path(datalist), settings + overrides, extra_configs)
+        if nproc > 1:
+            command = torchrun_command(command, nproc)
+        processes = f", {nproc} processes" if nproc > 1 else ""
+        print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes})")
         status = run_command(command)
     failures = output_dir / "failures.csv"
     if failures.is_file():

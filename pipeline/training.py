@@ -1,38 +1,65 @@
-"""``python -m pipeline train``: a thin wrapper over a bundle's train config.
+"""``python -m pipeline train``: a thin wrapper over a bundle's train config, and the training parts
+that the bundles' configs reference (the trainer, batch preparation, the GPU fast-path switches).
 
 It reads the datalist (for the dataset profile and the channel order) and, when given, the plans,
 turns them into config overrides, prints the exact ``python -m monai.bundle run ...`` line and runs
 it. Everything the run needs is declared in the bundle's ``configs/train.json``.
+
+Fast-path switches of ``train.json`` (all run on CPU too; only a GPU makes them pay):
+``amp`` (autocast in bf16 where the device supports it, else fp16: :func:`amp_dtype`),
+``cudnn_benchmark`` (CUDA only), ``channels_last`` (network and inputs: :func:`prepare_network`,
+:class:`PrepareTrainingBatch`), ``cache_device`` (MONAI ``ToDeviced`` after the cached deterministic
+transforms, so the random crops run on that device), ``compile`` (MONAI's ``torch.compile`` of the network).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import PrepareBatchDefault
+from monai.inferers import Inferer
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
+from pipeline.data.datalist import ALL_FOLDS
 
-# plans.json keys that are bundle config ids of the same name
-PLANNED_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "batch_size")
-# the ones that define the network, which inference must use too
-ARCHITECTURE_KEYS = ("strides", "kernel_sizes", "features")
+# bundle config ids that ``--plans`` sets, each from the plans key of the same name except where PLAN_SOURCES says
+PLANNED_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "batch_size", "pixdim")
+# the ones inference must use too (``predict`` passes them from the checkpoint's trained_plans.json): the
+# network's architecture and the voxel spacing (``pixdim``) it was trained at. The name stays for predict.py.
+ARCHITECTURE_KEYS = ("strides", "kernel_sizes", "features", "pixdim")
+# config id -> plans key where they differ: ``pixdim`` (MONAI ``Spacingd``; 0 keeps an axis) is the plans'
+# ``resample_pixdim``
+PLAN_SOURCES = {"pixdim": "resample_pixdim"}
 # the plans a run was trained with, kept beside its checkpoints
 TRAINED_PLANS = "trained_plans.json"
 
 
 def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNED_KEYS) -> list[tuple[str, object]]:
-    """Config overrides taken from a plans file (by default ``patch_size``, ``strides``,
-    ``kernel_sizes``, ``features``, ``batch_size``); none when ``plans_path`` is ``None``.
+    """Config overrides taken from a plans file.
+
+    Args:
+        plans_path: a ``plans.json``; ``None`` gives no overrides.
+        keys: config ids to set (by default :data:`PLANNED_KEYS`: ``patch_size``, ``strides``,
+            ``kernel_sizes``, ``features``, ``batch_size``, ``pixdim``), each from the plans key of the same
+            name or the one :data:`PLAN_SOURCES` names (``pixdim`` from ``resample_pixdim``).
+
+    Returns:
+        ``(config id, value)`` pairs for the keys the plans hold.
 
     Raises:
         FileNotFoundError: no such plans file.
+        ValueError: an unreadable plans file.
     """
     if plans_path is None:
         return []
     from pipeline.data.plans import load_plans
 
     plans = load_plans(plans_path)
-    return [(key, plans[key]) for key in keys if key in plans]
+    return [(key, plans[PLAN_SOURCES.get(key, key)]) for key in keys if PLAN_SOURCES.get(key, key) in plans]
 
 
 def train_command(args) -> list[str]:
@@ -49,7 +76,7 @@ def train_command(args) -> list[str]:
     datalist = json.loads(datalist_path.read_text())
     settings: list[tuple[str, object]] = [
         ("datalist", str(datalist_path)),
-        ("fold", int(args.fold)),
+        ("fold", args.fold if args.fold == ALL_FOLDS else int(args.fold)),
         ("channels", list(datalist.get("channels") or [])),
     ]
     if args.epochs is not None:
@@ -83,6 +110,137 @@ def run_train(args) -> int:
         plans = load_plans(args.plans)
         for key, value in parse_overrides(args.set):
             if key in PLANNED_KEYS:  # the run's --set wins over the plans: keep what was really trained
-                plans[key] = json.loads(value)
+                plans[PLAN_SOURCES.get(key, key)] = json.loads(value)
         write_plans(plans, checkpoint_dir(args) / TRAINED_PLANS)
     return run_command(command)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training parts referenced by the bundles' train.json
+# ---------------------------------------------------------------------------------------------
+def amp_dtype(device: str | torch.device) -> torch.dtype:
+    """The autocast dtype of the ``amp`` switch on ``device``: bfloat16 where it is supported (CPUs,
+    CUDA GPUs from Ampere on), else float16 (with MONAI's gradient scaler on CUDA).
+
+    Args:
+        device: the training device.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float16``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
+def channels_last_format(spatial_dims: int) -> torch.memory_format:
+    """``torch.channels_last_3d`` for 3D data (5D tensors), ``torch.channels_last`` for 2D (4D tensors).
+
+    Raises:
+        ValueError: ``spatial_dims`` is neither 2 nor 3.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"channels-last needs 2 or 3 spatial dimensions, got {spatial_dims}")
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
+def prepare_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool = False) -> torch.nn.Module:
+    """Move a network to ``device``, in channels-last memory format when asked.
+
+    Args:
+        network: the network (its convolution weights tell 2D from 3D).
+        device: where it runs.
+        channels_last: store convolution weights channels-last (``channels_last_3d`` for 3D networks),
+            which lets cuDNN pick its NDHWC kernels; the values and the state dict are unchanged.
+
+    Returns:
+        The same module, moved.
+    """
+    network = network.to(device)
+    if channels_last:
+        convs = [m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        if convs:
+            network = network.to(memory_format=channels_last_format(convs[0].weight.dim() - 2))
+    return network
+
+
+class PrepareTrainingBatch(PrepareBatchDefault):
+    """MONAI's default batch preparation (``image``, ``label`` to the device), plus two options.
+
+    Args:
+        weight_key: when the batch holds this key (the border weight map of :class:`pipeline.transforms.BorderWeightd`),
+            it is appended to the label as channel 1, since MONAI's trainer gives the loss only
+            ``(pred, label)``; :class:`pipeline.losses.BorderWeightedDiceCELoss` splits it off.
+        channels_last: hand the image to the network channels-last (2D or 3D by its rank).
+
+    Returns (on call): ``(image, label)`` on the device.
+    """
+
+    def __init__(self, weight_key: str | None = "weight", channels_last: bool = False) -> None:
+        self.weight_key = weight_key
+        self.channels_last = bool(channels_last)
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs: Any):
+        image, label = super().__call__(batchdata, device, non_blocking, **kwargs)
+        if self.weight_key and isinstance(batchdata, dict) and self.weight_key in batchdata and label is not None:
+            weight = batchdata[self.weight_key].to(device=device, non_blocking=non_blocking, **kwargs)
+            label = torch.cat([label, weight.to(label.dtype)], dim=1)
+        if self.channels_last and image.dim() in (4, 5):
+            image = image.contiguous(memory_format=channels_last_format(image.dim() - 2))
+        return image, label
+
+
+class AutocastInferer(Inferer):
+    """Run another inferer under ``torch.autocast(device_type, dtype)`` and return float32 outputs,
+    so that the loss is computed in full precision.
+
+    Args:
+        inferer: the wrapped inferer (e.g. MONAI ``SimpleInferer``).
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        dtype: the autocast dtype.
+    """
+
+    def __init__(self, inferer: Inferer, device_type: str, dtype: torch.dtype | None = None) -> None:
+        self.inferer = inferer
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
+        """Returns the wrapped inferer's output, floating tensors cast to float32 (stacked heads too)."""
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.inferer(inputs, network, *args, **kwargs)
+        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+
+class Trainer(SupervisedTrainer):
+    """MONAI's ``SupervisedTrainer`` with the fast-path switches that MONAI leaves to the caller.
+
+    Takes every ``SupervisedTrainer`` argument (``amp``, ``amp_kwargs``, ``compile``, ``prepare_batch``...), plus:
+
+    Args:
+        cudnn_benchmark: on a CUDA device, let cuDNN time its algorithms per input shape when the run starts
+            (``torch.backends.cudnn.benchmark = True``, ``deterministic = False``: runs are then no longer
+            bitwise repeatable on the GPU). No effect elsewhere.
+
+    With ``amp`` on a device other than CUDA (MONAI 1.6 autocasts ``"cuda"`` only, so its ``amp`` does nothing
+    there), the forward pass runs under ``torch.autocast`` on that device with ``amp_kwargs["dtype"]`` (bf16
+    on CPU) through :class:`AutocastInferer`; the loss and the backward pass stay in float32 and no gradient
+    scaler is used (bf16 needs none). On CUDA, MONAI's own AMP (autocast and ``GradScaler``) is used.
+    """
+
+    def __init__(self, *args: Any, cudnn_benchmark: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cudnn_benchmark = bool(cudnn_benchmark)
+        device = self.state.device
+        if self.amp and device is not None and device.type != "cuda":
+            self.inferer = AutocastInferer(self.inferer, device.type, self.amp_kwargs.get("dtype"))
+            self.amp = False  # MONAI's CUDA-only autocast and GradScaler stay off
+
+    def run(self) -> None:
+        """Set up cuDNN (see ``cudnn_benchmark``) and train."""
+        device = self.state.device
+        if self.cudnn_benchmark and device is not None and device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = False
+        super().run()

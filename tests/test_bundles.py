@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
@@ -128,19 +129,64 @@ def test_evaluate_config_scores_the_validation_fold(datalist, tmp_path):
     assert "val_mean_dice" in (tmp_path / "eval" / "metrics.csv").read_text()
 
 
-def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path):
+def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path, capfd):
+    import nibabel as nib
+
+    from pipeline.data.datalist import load_datalist
     from pipeline.data.plans import load_plans, write_plans
 
     plans = load_plans(datalist.parent / "plans.json")  # written by prepare
     assert plans["strides"][0] == [2, 2, 1]  # 2-slice slabs: the slice axis is not pooled
     depth = len(plans["strides"])
-    plans.update(patch_size=[64, 64, 2], features=[4] * (depth + 1), batch_size=2)
+    # resample in-plane to 1.8 mm, keep the slices (0): the network then sees about half the native grid
+    plans.update(patch_size=[64, 64, 2], features=[4] * (depth + 1), batch_size=2, resample_pixdim=[1.8, 1.8, 0.0])
     tiny = write_plans(plans, tmp_path / "plans.json")
     bundle = BUNDLES[0]
     output = tmp_path / "run"
     assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
                  "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1"]) == 0
-    assert load_plans(output / "models" / "trained_plans.json")["features"] == [4] * (depth + 1)
-    # predict rebuilds the planned network from the plans beside the checkpoint
-    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(tmp_path / "pred"),
-                 "--checkpoint", str(output / "models" / "model.pt")]) == 0
+    assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out
+    trained = load_plans(output / "models" / "trained_plans.json")
+    assert trained["features"] == [4] * (depth + 1) and trained["resample_pixdim"] == [1.8, 1.8, 0.0]
+    # predict rebuilds the planned network, at the planned spacing, from the plans beside the checkpoint,
+    # and Invertd brings each prediction back onto the case's native grid with its reference header
+    predictions = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(predictions),
+                 "--checkpoint", str(output / "models" / "model.pt"), "--set", "channels_last=True"]) == 0
+    assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out
+    for record in load_datalist(datalist, "testing"):
+        written, reference = nib.load(predictions / f"{record['case_id']}.nii.gz"), nib.load(record["reference"])
+        assert written.shape == reference.shape
+        np.testing.assert_array_equal(written.affine, reference.affine)
+        np.testing.assert_array_equal(written.header["pixdim"], reference.header["pixdim"])
+
+
+def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(datalist, tmp_path):
+    """border_weight, amp (bf16 autocast on CPU), channels_last, cache_device and compile, all switched on;
+    the GPU-only effects (cuDNN autotuning, device caching on a GPU) cannot be measured on a CPU."""
+    from pipeline.training import AutocastInferer
+
+    bundle = BUNDLES[0]
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / "train.json"), PROFILE],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train",
+        datalist=str(datalist),
+        bundle_root=str(tmp_path),
+        epochs=1, val_interval=1, cache_rate=0.0, features=[4, 8, 8, 16, 16], patch_size=[64, 64, 2],
+        border_weight=True, amp=True, channels_last=True, cache_device="cpu",
+        compile=True, compile_kwargs={"backend": "eager"},  # dynamo without a C++ toolchain: the switch, not inductor
+    )
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    sample = trainer.state.output[0]
+    assert sample["label"].shape[0] == 2  # label + border weights reached the loss
+    assert not torch.allclose(sample["label"][1], torch.ones_like(sample["label"][1]))  # w_c differs from 1
+    assert torch.isfinite(torch.as_tensor(sample["loss"]))
+    assert isinstance(trainer.inferer, AutocastInferer) and trainer.inferer.dtype == torch.bfloat16
+    network = workflow.parser.get_parsed_content("network")
+    convs = [m.weight for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
+    assert (tmp_path / "models" / "last.pt").is_file() and (tmp_path / "models" / "model.pt").is_file()

@@ -314,3 +314,19 @@ def test_plans_from_a_prepared_synthetic_dataset(tmp_path):
     assert plans["resample_pixdim"][2] == 0.0
     assert plans["patch_size"][2] == plans["fingerprint_summary"]["median_slices"]
     assert plans["fingerprint_summary"]["training_cases"] == 3
+
+
+def test_resample_pixdim_is_what_spacingd_takes_a_zero_keeps_the_thick_slices():
+    from monai.data import MetaTensor
+    from monai.transforms import Spacingd
+
+    cases = [((256, 256, 2), (s, s, t)) for s, t in ((0.8, 12.0), (0.9, 10.0), (1.04, 5.0))]
+    pixdim = derive_plans(fingerprint(cases))["resample_pixdim"]
+    slab = MetaTensor(torch.rand(1, 32, 32, 2), affine=torch.diag(torch.tensor([1.04, 1.04, 5.0, 1.0], dtype=torch.float64)))
+    out = Spacingd("image", pixdim=pixdim, mode="bilinear")({"image": slab})["image"]
+    assert out.shape[-1] == 2  # the slice axis is not resampled
+    assert out.pixdim.tolist() == pytest.approx([0.9, 0.9, 5.0])
+    assert out.shape[1:3] == (37, 37)  # 32 * 1.04 / 0.9 = 36.98
+    # all zeros is the bundles' default: MONAI's Spacingd then leaves the data untouched
+    kept = Spacingd("image", pixdim=[0.0, 0.0, 0.0])({"image": slab})["image"]
+    assert torch.equal(kept.as_tensor(), slab.as_tensor())

@@ -1,4 +1,5 @@
-"""Loading and preprocessing transforms: stacking, geometry checks, the header quirk, normalization, Invertd."""
+"""Loading and preprocessing transforms: stacking, geometry checks, the header quirk, normalization, spacing,
+Invertd, the U-Net border weight map."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose, Invertd, LoadImaged
 
 from pipeline.data.profiles import load_profile
 from pipeline.errors import CaseError, GeometryError
 from pipeline.io import image_readers, read_geometry
 from pipeline.transforms import (
+    BorderWeightd,
     LoadModalitiesd,
     NormalizeModalitiesd,
+    border_weight_map,
     check_case_geometry,
     normalize_channel,
     preprocessing_transforms,
@@ -298,3 +301,81 @@ def test_a_dicom_series_folder_loads_with_its_slice_spacing(tmp_path):
     out = LoadModalitiesd("image", channels=["CT"], label_key=None)({"image": [folder]})["image"]
     np.testing.assert_array_equal(out[0].numpy(), np.transpose(volume, (2, 1, 0)))
     np.testing.assert_allclose(out.affine.numpy(), geometry.affine)
+
+
+def test_spacing_from_the_plans_keeps_a_zero_axis_and_trusts_the_quirk_pixdim(tmp_path):
+    # pixdim (0.9, 0.9, 5) in the header, identity srow: the reader's pixdim spacing is what Spacingd resamples
+    rng = np.random.default_rng(0)
+    cbf = quirk_nifti(tmp_path / "CBF.nii", rng.random((16, 12, 2)) + 1)
+    label = np.zeros((16, 12, 2), np.uint8)
+    label[4:10, 3:9, 1] = 1
+    label = quirk_nifti(tmp_path / "OT.nii", label)
+    profile = load_profile("isles2018").with_channels(["CBF"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pre = Compose(preprocessing_transforms(profile, orientation="RAS", target_spacing=(1.8, 1.8, 0.0)))
+        data = pre({"case_id": "c", "image": [cbf], "label": label})
+        assert data["image"].shape[1:] == (8, 6, 2)  # in-plane 0.9 -> 1.8 mm, the 2 slices kept
+        np.testing.assert_allclose(data["image"].pixdim.numpy(), (1.8, 1.8, 5.0), atol=1e-6)
+        assert set(data["label"].unique().tolist()) == {0.0, 1.0}
+        data["pred"] = data["label"].clone()
+        inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert inverted.shape[1:] == (16, 12, 2)
+    np.testing.assert_allclose(inverted.affine.numpy(), np.diag([0.9, 0.9, 5.0, 1.0]), atol=1e-6)
+
+
+def two_lesions(tmp_path, gap=3):
+    """A label NIfTI (1 mm grid, 2 slices) with two lesions on slice 0, x in [4, 14) and [14 + gap, 30)."""
+    label = np.zeros((40, 30, 2), np.uint8)
+    label[4:14, 5:25, 0] = 1
+    label[14 + gap:30, 5:25, 0] = 1
+    return write_nifti(tmp_path / "OT.nii.gz", label, np.diag([1.0, 1.0, 1.0, 1.0]))
+
+
+def load_label(path):
+    return LoadImaged("label", reader=image_readers(), image_only=True, ensure_channel_first=True)({"label": path})
+
+
+def test_border_weight_peaks_in_the_gap_between_two_lesions(tmp_path):
+    data = BorderWeightd("label", w0=10.0, sigma=5.0)(load_label(two_lesions(tmp_path, gap=3)))
+    weight, label = data["weight"], data["label"]
+    assert weight.shape == label.shape and weight.dtype == torch.float32
+    n_fg = float(label.sum())
+    w_bg, w_fg = label.numel() / (2 * (label.numel() - n_fg)), label.numel() / (2 * n_fg)
+    # the middle of the gap (x = 15 between x = 13 and x = 17): d1 = d2 = 2 voxels -> w0 * exp(-16 / 50) on top of w_c
+    assert float(weight[0, 15, 15, 0]) == pytest.approx(w_bg + 10 * np.exp(-16 / 50), rel=1e-5)
+    assert float(weight[0, 15, 15, 0]) > 5 * float(weight[0, 37, 15, 0])  # far background
+    assert float(weight[0, 37, 15, 0]) == pytest.approx(w_bg + 10 * np.exp(-(8 + 24) ** 2 / 50), rel=1e-4)
+    assert float(weight[0, 8, 15, 0]) == pytest.approx(w_fg, rel=1e-5)  # inside a lesion: class weight only
+    # the slice without lesions: background class weight only (no component there)
+    assert torch.allclose(weight[0, :, :, 1], torch.full_like(weight[0, :, :, 1], w_bg))
+
+
+def test_a_single_lesion_has_no_gap_peak(tmp_path):
+    label = np.zeros((40, 30, 2), np.uint8)
+    label[10:20, 5:25, 0] = 1
+    path = write_nifti(tmp_path / "OT.nii.gz", label, np.eye(4))
+    data = BorderWeightd("label")(load_label(path))
+    assert len(torch.unique(data["weight"])) == 2  # w_c only: one value per class
+    assert float((data["weight"] * (data["label"] == 0)).max()) < 1.0
+
+
+def test_border_weight_is_in_plane_by_default_and_3d_on_request():
+    # one lesion per slice, overlapping in x-y: separate in-plane, one 26-connected component in 3D,
+    # and two 3D components when the second one moves away in-plane
+    label = torch.zeros(1, 30, 30, 2)
+    label[0, 5:12, 5:25, 0] = 1
+    label[0, 16:25, 5:25, 1] = 1
+    in_plane = border_weight_map(label, class_weights=None)
+    assert torch.allclose(torch.as_tensor(in_plane), torch.ones_like(label))  # no gap within any slice
+    in_3d = border_weight_map(label, class_weights=None, in_plane=False)
+    assert float(in_3d.max()) > 5.0  # two 3D components with a gap between them
+    with pytest.raises(ValueError):
+        border_weight_map(torch.zeros(2, 8, 8, 2))
+    with pytest.raises(ValueError):
+        BorderWeightd("label", sigma=0.0)
+
+
+def test_an_empty_label_gets_unit_weights():
+    weight = border_weight_map(np.zeros((1, 16, 16, 2)))
+    assert np.array_equal(weight, np.ones((1, 16, 16, 2), np.float32))

@@ -14,7 +14,10 @@ reference files; the slice axis is the coarsest one):
   slice count, while 22x4 mm slabs would lose detail if coarsened to 10-12 mm. Its median spacing is
   only the nominal value the pooling and kernel rules use. The other axes are resampled to the median
   when some training case is more than 10 % away from it (``IN_PLANE_TOLERANCE``), else left native.
-  ``resample_pixdim`` is what MONAI's ``Spacingd`` takes: 0 on an axis keeps its native spacing.
+  ``resample_pixdim`` is what MONAI's ``Spacingd`` takes: 0 (any value <= 0) on an axis keeps its native
+  spacing, and all zeros leave the data untouched. The bundles take it as their ``pixdim`` config id
+  (``train --plans`` passes it; ``predict`` takes it from the checkpoint's ``trained_plans.json``) and
+  resample before reorienting, so its axes are the files' voxel axes, like every axis here.
 - Configuration: ``"2d"`` when the median training case has a single slice; ``"3d_anisotropic"``
   when the spacing is anisotropic (ratio > 3) or the median case has at most 2 slices (half of
   ISLES 2018): a 3D network whose slice axis is taken whole and pooled only by the rule below, which
