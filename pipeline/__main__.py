@@ -1,9 +1,10 @@
 """The command line: ``python -m pipeline <command>``.
 
 Commands: ``synth`` (the embedded synthetic ISLES 2018 dataset), ``prepare`` (layout -> datalist,
-folds and fingerprint), ``predict`` (a bundle's inference config, outputs on the native grid),
-``evaluate`` (ISLES metrics, threshold baseline, clinical volumes), ``report`` (overlays, tables,
-training curves), ``demo`` (the main job end to end on the embedded default data).
+folds and fingerprint), ``train`` (a bundle's train config), ``predict`` (a bundle's inference config,
+outputs on the native grid), ``evaluate`` (ISLES metrics, threshold baseline, clinical volumes),
+``report`` (overlays, tables, training curves), ``demo`` (the main job end to end on the embedded
+default data), ``benchmark`` (speed and memory against MONAI's defaults: benchmarks/results.md).
 Exit status 0 on success; on bad input, 2 with one paragraph naming the case and the file.
 """
 
@@ -16,6 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
+from pipeline.data.datalist import ALL_FOLDS
 from pipeline.errors import CaseError, LayoutError
 
 
@@ -135,6 +137,20 @@ def command_predict(args: argparse.Namespace) -> int:
 
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
+
+
+def fold_argument(text: str) -> int | str:
+    """``--fold``: a fold number, or ``all`` (train on every training case, nnU-Net's "fold all").
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    if text == ALL_FOLDS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold is a whole number or {ALL_FOLDS!r}; got {text!r}") from None
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -265,6 +281,14 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_benchmark(args: argparse.Namespace) -> int:
+    """``benchmark [--quick] [--repeats N] [--device D] [--checkpoint PATH] [--out results.md] ...``: the
+    performance table (see :mod:`pipeline.benchmark`); returns 0."""
+    from pipeline.benchmark import command_benchmark as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m pipeline``."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
@@ -294,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a bundle on one fold (wraps `python -m monai.bundle run`)")
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
     p.add_argument("--datalist", required=True, help="datalist written by prepare")
-    p.add_argument("--fold", type=int, default=0, help="validation fold; the others train (default 0)")
+    p.add_argument("--fold", type=fold_argument, default=0,
+                   help="validation fold; the others train (default 0); 'all' trains on every training case")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the bundle's)")
     p.add_argument("--output", default=None, help="folder for models/ and eval/ (default: the bundle's own)")
     p.add_argument("--plans", default=None, help="plans.json whose patch size, strides, kernels, widths, batch size are used")
@@ -316,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", default=None,
                    help="plans.json the network was trained with (default: trained_plans.json beside the checkpoint, if any)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU): shards the cases under torch.distributed.run with configs/multi_gpu_inference.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="bundle config override, e.g. --set inferer#sw_batch_size=4 (repeatable)")
     p.set_defaults(func=command_predict)
@@ -341,6 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", action="append", metavar="PATH",
                    help="TensorBoard event folder or CSV with an epoch column (repeatable)")
     p.set_defaults(func=command_report)
+
+    p = sub.add_parser("benchmark", help="the performance table (benchmarks/results.md): inference, tiling, pruning, training, memory")
+    p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results.md of the project)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run, not figures")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of every timed row (default 3; 1 with --quick)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--checkpoint", default=None,
+                   help="trained weights, e.g. demo_output/unetplusplus/models/last.pt (default: train a small UNet++ first)")
+    p.add_argument("--plans", default=None, help="plans of the checkpoint (default: trained_plans.json beside it)")
+    p.add_argument("--workdir", default=None, help="folder for the synthetic data and training run (default: a temporary one)")
+    p.add_argument("--cases", type=int, default=None, help="synthetic training cases (default 24; 8 with --checkpoint)")
+    p.add_argument("--test-cases", type=int, default=None, help="synthetic test cases for the Dice rows (default 8)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the synthetic data (default 1; the demo uses 0)")
+    p.add_argument("--train-budget", type=float, default=None,
+                   help="seconds of training (default 300; 60 with --checkpoint, where training is only timed)")
+    p.add_argument("--bundle", default=None, help="the UNet++ bundle (default bundles/isles_unetplusplus)")
+    p.set_defaults(func=command_benchmark)
 
     p = sub.add_parser("demo", help="the main job end to end on the embedded synthetic data")
     p.add_argument("--workdir", default="demo_output")

@@ -11,6 +11,19 @@ tile is taken from the centre of its input tile, so neighbouring tiles join with
   padding instead of the neighbouring image, are discarded before stitching. MONAI's ``SlidingWindowInferer``
   instead down-weights tile borders by averaging tiles that overlap by half, at about twice the cost.
 
+Tile size: ``roi_size`` is the smallest tile (typically the trained patch). Same-padded networks that say which
+input sizes they compute without waste (a ``size_divisor``, as every network of :mod:`pipeline.networks` does)
+are fully convolutional, so the inferer grows their tiles beyond ``roi_size`` while one tile's network input
+stays within ``max_tile_voxels``: it picks, axis by axis, the number of tiles that feeds the fewest voxels
+through the network (margins and the network's own padding to its divisor counted), and rounds every tile's
+input up to a multiple of the divisor (real context instead of the network's zero padding). On an ISLES slab
+of 256x256xN this is one whole-volume pass instead of 4 tiles of 176x176xN. ``max_tile_voxels=None`` keeps
+tiles at ``roi_size`` exactly (the plan before growth); valid-convolution networks and networks without a
+``size_divisor`` always keep it. With normalisation over the whole input (instance norm), a network's output
+depends a little on the tile size, so grown tiles give slightly different outputs; on the synthetic test cases
+of ``benchmarks/results.md`` their mean Dice is not lower than with tiles of ``roi_size`` or MONAI's
+``SlidingWindowInferer``.
+
 Output contract (``activation``):
 
 - one network, no TTA: the network's raw output, like MONAI's inferers (``activation=None``, the default),
@@ -20,9 +33,11 @@ Output contract (``activation``):
   ``"sigmoid"`` or a callable) is applied to every prediction before averaging and must be given; the result
   is a probability map (drop ``Activationsd`` from post-processing; ``AsDiscreted(argmax=True)`` still works).
 
-Memory: besides the input, only the output volume, one batch of tiles and per-axis 1-D weight vectors are
-allocated (tile borders are mirrored per tile, never by padding the whole volume; the Gaussian normaliser is
-separable, so no weight volume is needed); results are accumulated in place.
+Memory: besides the input, only the output volume, one batch of tiles (at most ``sw_batch_size`` x
+``max_tile_voxels`` voxels when tiles grow) and per-axis 1-D weight vectors are allocated (tile borders are
+mirrored per tile, never by padding the whole volume; the Gaussian normaliser is separable, so no weight volume
+is needed); results are accumulated in place. A single tile that is the whole volume is passed to the network
+without a copy, and its output is returned as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import torch
@@ -44,6 +60,7 @@ __all__ = [
     "ACTIVATIONS",
     "AxisPlan",
     "BLEND_MODES",
+    "DEFAULT_MAX_TILE_VOXELS",
     "MeanEnsemble",
     "OverlapTileInferer",
     "PADDING_MODES",
@@ -51,6 +68,7 @@ __all__ = [
     "auto_margin",
     "is_valid_conv",
     "mirror_pad",
+    "size_divisor_of",
 ]
 
 PADDING_MODES = ("reflect", "symmetric", "replicate", "constant")
@@ -60,6 +78,10 @@ ACTIVATIONS = ("softmax", "sigmoid")
 AUTO_MARGIN_FRACTION = 3.0 / 16.0
 # How far to look for a valid tile size of a valid-convolution network before giving up.
 _SIZE_SEARCH_LIMIT = 4096
+# Default bound on one grown tile's network input, in voxels (2**21: 256x256x32, or 128x128x128). The memory a
+# network needs grows with it times the network's width: at 2**21 voxels, float32 without gradients, a peak of
+# about 2.6 GB for the bundles' default UNet++ (features 16..256), 1.7 GB for the demo's (8..128), on a CPU.
+DEFAULT_MAX_TILE_VOXELS = 2**21
 
 
 def is_valid_conv(network: Any) -> bool:
@@ -84,6 +106,31 @@ def _network_margin(network: Any, spatial_dims: int) -> tuple[int, ...]:
     if len(margin) != spatial_dims:
         raise ValueError(f"the network's margin {margin} does not have one entry per spatial axis ({spatial_dims})")
     return margin
+
+
+def size_divisor_of(network: Any, spatial_dims: int) -> tuple[int, ...] | None:
+    """The per-axis input multiple a same-padded network computes without padding, or None if it does not say.
+
+    Args:
+        network: a module or callable, or a sequence of them (an ensemble: the least common multiple of theirs).
+        spatial_dims: the number of spatial axes.
+
+    Returns:
+        The network's ``size_divisor`` (an int or one per axis, as the networks of :mod:`pipeline.networks`
+        expose it) expanded to ``spatial_dims`` ints, or None when the network (or any member) has none, or it
+        does not have one entry per axis. Only networks with a divisor get grown tiles.
+    """
+    members = list(network) if isinstance(network, (list, tuple, nn.ModuleList)) else [network]
+    result: tuple[int, ...] | None = None
+    for member in members:
+        divisor = getattr(member, "size_divisor", None)
+        if divisor is None:
+            return None
+        divisor = (int(divisor),) * spatial_dims if isinstance(divisor, int) else tuple(int(d) for d in divisor)
+        if len(divisor) != spatial_dims or min(divisor) < 1:
+            return None
+        result = divisor if result is None else tuple(math.lcm(a, b) for a, b in zip(result, divisor))
+    return result
 
 
 def _resolve_activation(activation: str | Callable | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -118,7 +165,8 @@ class MeanEnsemble(nn.Module):
 
     Valid-convolution members (see :func:`is_valid_conv`) must share their geometry (``margin``); the ensemble then
     exposes ``margin``, ``output_size`` and ``input_size_for`` of the first member, so
-    :class:`OverlapTileInferer` tiles it like a single valid-convolution network.
+    :class:`OverlapTileInferer` tiles it like a single valid-convolution network. Same-padded members that all
+    expose a ``size_divisor`` give the ensemble the least common multiple of theirs, so it gets grown tiles too.
 
     Raises:
         ValueError: if ``networks`` is empty, mixes valid-convolution and same-padded members, or the
@@ -147,6 +195,14 @@ class MeanEnsemble(nn.Module):
             self.margin = networks[0].margin
             self.output_size = networks[0].output_size
             self.input_size_for = networks[0].input_size_for
+        elif all(getattr(net, "size_divisor", None) is not None for net in networks):
+            divisors = [n.size_divisor for n in networks]
+            if all(isinstance(d, int) for d in divisors):
+                self.size_divisor = reduce(math.lcm, divisors)
+            elif len({len(d) for d in divisors if not isinstance(d, int)}) == 1:  # ints apply to every axis
+                dims = next(len(d) for d in divisors if not isinstance(d, int))
+                expanded = [[d] * dims if isinstance(d, int) else list(d) for d in divisors]
+                self.size_divisor = [reduce(math.lcm, axis) for axis in zip(*expanded)]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Return the mean over the members of ``activation(member(x, *args, **kwargs))``.
@@ -358,11 +414,14 @@ class OverlapTileInferer(Inferer):
         roi_size: output size of a tile per spatial axis (an int applies to every axis). ``-1`` or a size at
             least the volume's means one tile spans the whole axis (e.g. ``[128, 128, -1]`` for thick slabs).
             Valid-convolution networks use the largest valid output size not above it (or the smallest valid one).
+            For same-padded networks with a ``size_divisor`` it is the smallest tile: tiles grow up to
+            ``max_tile_voxels`` (see the module docstring).
         sw_batch_size: tiles per network call.
         margin: same-padded networks only: per axis (or one int for all), voxels of context added on each
-            side of a tile and discarded from its output. None (default) uses :func:`auto_margin`: 3/16 of the
-            tile (24 for 128) on tiled axes, 0 on axes one tile spans. Valid-convolution networks always use
-            their own ``margin``; passing a different one raises ValueError.
+            side of a tile and discarded from its output. None (default) uses :func:`auto_margin` of
+            ``roi_size``: 3/16 of it (24 for 128) on tiled axes, 0 on axes one tile spans (grown tiles keep the
+            margin of ``roi_size``). Valid-convolution networks always use their own ``margin``; passing a
+            different one raises ValueError.
         overlap: fraction of a tile's output shared with its neighbour, in [0, 1). The default 0 lets tile
             outputs abut (the volume still gets ``ceil(size / tile)`` tiles, spread evenly, so they may overlap
             a little); the network inputs always overlap by ``2 * margin``.
@@ -383,10 +442,15 @@ class OverlapTileInferer(Inferer):
         device: where the stitched output is accumulated (default: the input's device).
         sw_device: where tiles are sent and the network runs (default: the input's device).
         progress: show a tqdm progress bar over the batches of tiles.
+        max_tile_voxels: same-padded networks with a ``size_divisor`` only: the most voxels one tile's network
+            input may have when tiles grow beyond ``roi_size`` (default :data:`DEFAULT_MAX_TILE_VOXELS`, 2**21);
+            None keeps every tile at ``roi_size``. When even the smallest tiles (``roi_size``, their input rounded
+            up to the divisor) exceed it, those are used.
 
     Raises:
         ValueError: on a roi size of 0 or below -1, an overlap outside [0, 1), a negative margin, an unknown
-            blend/padding mode or activation, a non-positive ``sw_batch_size``, or malformed ``tta_flips``.
+            blend/padding mode or activation, a non-positive ``sw_batch_size`` or ``max_tile_voxels``, or
+            malformed ``tta_flips``.
     """
 
     def __init__(
@@ -403,6 +467,7 @@ class OverlapTileInferer(Inferer):
         device: torch.device | str | None = None,
         sw_device: torch.device | str | None = None,
         progress: bool = False,
+        max_tile_voxels: int | None = DEFAULT_MAX_TILE_VOXELS,
     ) -> None:
         super().__init__()
         self.roi_size = (int(roi_size),) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
@@ -432,6 +497,9 @@ class OverlapTileInferer(Inferer):
         self.device = device
         self.sw_device = sw_device
         self.progress = bool(progress)
+        if max_tile_voxels is not None and int(max_tile_voxels) < 1:
+            raise ValueError(f"max_tile_voxels must be positive or None, got {max_tile_voxels}")
+        self.max_tile_voxels = None if max_tile_voxels is None else int(max_tile_voxels)
 
     @staticmethod
     def _check_flips(tta_flips: Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...]:
@@ -488,7 +556,11 @@ class OverlapTileInferer(Inferer):
                 raise ValueError(f"the networks of an ensemble must share one margin, got {sorted(margins)}")
             axes = self._plan_valid(shape, roi, networks[0])
         else:
-            axes = self._plan_same(shape, roi)
+            divisor = None if networks[0] is None else size_divisor_of(networks, dims)
+            if divisor is None or self.max_tile_voxels is None:
+                axes = self._plan_same(shape, roi)
+            else:
+                axes = self._plan_grown(shape, roi, divisor, self.max_tile_voxels)
         return TilePlan(
             spatial_shape=shape,
             axes=tuple(axes),
@@ -523,6 +595,57 @@ class OverlapTileInferer(Inferer):
 
     def _step(self, tile: int) -> int:
         return max(1, math.floor(tile * (1.0 - self.overlap)))
+
+    def _count(self, size: int, tile: int) -> int:
+        """Tiles of ``tile`` voxels that cover an axis of ``size`` with this inferer's overlap."""
+        return 1 if tile >= size else math.ceil((size - tile) / self._step(tile)) + 1
+
+    def _plan_grown(
+        self, shape: tuple[int, ...], roi: tuple[int, ...], divisor: tuple[int, ...], max_voxels: int
+    ) -> list[AxisPlan]:
+        """Tiles of at least ``roi``, grown to the fewest network-input voxels within ``max_voxels`` per tile."""
+        margin = self._per_axis(self.margin, len(shape), "margin") if self.margin is not None else None
+        options = [
+            self._grown_axis_options(size, r, None if margin is None else margin[axis], divisor[axis])
+            for axis, (size, r) in enumerate(zip(shape, roi))
+        ]
+
+        def padded(axis_plan: AxisPlan, d: int) -> int:  # the size the network computes on (it pads to d)
+            return math.ceil(axis_plan.network_input / d) * d
+
+        best, best_cost = None, None
+        for combo in itertools.product(*options):
+            voxels = math.prod(padded(a, d) for a, d in zip(combo, divisor))
+            if voxels > max_voxels:
+                continue
+            cost = (math.prod(len(a.starts) for a in combo) * voxels, math.prod(len(a.starts) for a in combo))
+            if best_cost is None or cost < best_cost:
+                best, best_cost = combo, cost
+        # Nothing fits the budget: the smallest tiles (roi_size, rounded up to the divisor).
+        return list(best) if best is not None else [axis_options[-1] for axis_options in options]
+
+    def _grown_axis_options(self, size: int, roi: int, margin: int | None, divisor: int) -> list[AxisPlan]:
+        """The tilings of one axis with 1, 2, ... tiles of at least ``roi`` (the last has the most tiles)."""
+        whole_margin = margin if margin is not None else 0
+        whole = AxisPlan(size, size, whole_margin, (0,), _axis_padding_mode(self.padding_mode, whole_margin, size),
+                         whole_margin)
+        if roi == -1 or roi >= size:
+            return [whole]
+        m = margin if margin is not None else auto_margin(roi, False)
+        options, seen = [whole], {size}
+        for count in range(2, self._count(size, roi) + 1):
+            tile = max(roi, math.ceil(size / count))
+            while self._count(size, tile) > count:
+                tile += 1
+            # The network pads its input to a multiple of the divisor: give it image context there instead.
+            tile = max(tile, math.ceil((tile + 2 * m) / divisor) * divisor - 2 * m)
+            if tile >= size or tile in seen:
+                continue
+            seen.add(tile)
+            n = self._count(size, tile)
+            starts = tuple(round(i * (size - tile) / (n - 1)) for i in range(n))
+            options.append(AxisPlan(size, tile, m, starts, _axis_padding_mode(self.padding_mode, m, size), m))
+        return options
 
     def _plan_valid(self, shape: tuple[int, ...], roi: tuple[int, ...], network: Any) -> list[AxisPlan]:
         dims = len(shape)
@@ -608,9 +731,21 @@ class OverlapTileInferer(Inferer):
             batches = tqdm(batches, desc="overlap-tile")
         output: torch.Tensor | None = None
         expected = plan.tile_size if plan.valid_conv else plan.input_size
+        # One tile that is the whole volume, for every image in one call: no stitching, no copies.
+        whole = (
+            not plan.valid_conv
+            and plan.num_tiles == 1
+            and len(entries) <= self.sw_batch_size
+            and all(a.margin == 0 and a.tile == a.size for a in plan.axes)
+        )
         for first in batches:
             chunk = entries[first : first + self.sw_batch_size]
-            batch = torch.cat([self._extract(x, b, index, tiles) for b, index in chunk]).to(sw_device)
+            if whole:
+                batch = x.to(sw_device)
+            elif len(chunk) == 1:
+                batch = self._extract(x, *chunk[0], tiles).to(sw_device)
+            else:
+                batch = torch.cat([self._extract(x, b, index, tiles) for b, index in chunk]).to(sw_device)
             pred = self._predict(batch, networks, args, kwargs)
             if tuple(pred.shape[2:]) != expected or pred.shape[0] != len(chunk):
                 raise ValueError(
@@ -618,6 +753,9 @@ class OverlapTileInferer(Inferer):
                     f"expected {expected} (batch {len(chunk)}); a network whose output is smaller than its input must "
                     "expose margin, output_size and input_size_for"
                 )
+            if whole:
+                output = pred.to(device)
+                break
             if output is None:
                 output = torch.zeros((x.shape[0], pred.shape[1], *x.shape[2:]), dtype=pred.dtype, device=device)
             for j, (b, index) in enumerate(chunk):

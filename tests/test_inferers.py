@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from pipeline.inferers import MeanEnsemble, OverlapTileInferer, mirror_pad
+from pipeline.inferers import MeanEnsemble, OverlapTileInferer, mirror_pad, size_divisor_of
 from pipeline.networks import UNetPlusPlus, ValidUNet
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
@@ -123,7 +124,7 @@ def test_unetpp_keeps_odd_sizes():
 def test_unetpp_on_a_two_slice_slab_sees_both_slices_in_one_tile():
     net = tiny_unetpp()
     x = torch.randn(2, 4, 40, 36, 2)
-    inferer = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=4)
+    inferer = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=4, max_tile_voxels=None)  # tiles of roi_size
     plan = inferer.plan(x.shape[2:], net, batch_size=2)
     with torch.no_grad():
         out = inferer(x, net)
@@ -176,8 +177,75 @@ def test_gaussian_blending_with_half_overlap_and_no_margin_reproduces_monai():
     x = torch.randn(1, 1, 48, 40)
     with torch.no_grad():
         monai = SlidingWindowInferer(roi_size=16, overlap=0.5, mode="gaussian", sigma_scale=0.5)(x, net)
-        ours = OverlapTileInferer(roi_size=16, margin=0, overlap=0.5, blend_mode="gaussian", sigma_scale=0.5)(x, net)
+        ours = OverlapTileInferer(roi_size=16, margin=0, overlap=0.5, blend_mode="gaussian", sigma_scale=0.5,
+                                  max_tile_voxels=None)(x, net)
     assert (ours - monai).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------- grown tiles (same-padded networks with a size divisor)
+
+
+def test_unetpp_tiles_grow_to_one_whole_volume_pass_within_the_budget():
+    net = tiny_unetpp()
+    x = torch.randn(2, 4, 40, 36, 2)
+    inferer = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=2)
+    plan = inferer.plan(x.shape[2:], net, batch_size=2)
+    assert plan.grid == (1, 1, 1) and plan.margin == (0, 0, 0) and plan.input_size == (40, 36, 2)
+    with torch.no_grad():
+        assert torch.equal(inferer(x, net), net(x))
+
+
+def test_grown_tiles_keep_to_the_budget_and_the_networks_multiple():
+    net = tiny_unetpp()  # size_divisor 16 x 16 x 1
+    budget = 64 * 64 * 4
+    plan = OverlapTileInferer(roi_size=[16, 16, -1], max_tile_voxels=budget).plan((150, 130, 4), net)
+    assert math.prod(plan.input_size) <= budget
+    assert all(size % 16 == 0 for size in plan.input_size[:2])  # real context where the network would pad zeros
+    assert min(plan.tile_size[:2]) >= 16 and plan.margin == (3, 3, 0)  # at least roi_size, with its margin
+    fixed = OverlapTileInferer(roi_size=[16, 16, -1], max_tile_voxels=None).plan((150, 130, 4), net)
+    assert plan.num_tiles < fixed.num_tiles and plan.network_voxels < fixed.network_voxels
+
+
+class DivisibleConv(nn.Module):
+    """A 3x3 convolution that declares a size divisor, as the networks of pipeline.networks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = integer_conv(nn.Conv2d(2, 3, kernel_size=3, padding=1))
+        self.size_divisor = [4, 4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_grown_tiles_are_stitched_without_seams():
+    net = DivisibleConv()
+    x = torch.randint(-5, 6, (1, 2, 37, 29)).float()
+    inferer = OverlapTileInferer(roi_size=6, margin=1, padding_mode="constant", max_tile_voxels=16 * 16)
+    plan = inferer.plan(x.shape[2:], net)
+    assert plan.num_tiles > 1 and min(plan.tile_size) > 6 and math.prod(plan.input_size) <= 16 * 16
+    with torch.no_grad():
+        assert torch.equal(inferer(x, net), net(x))
+
+
+def test_roi_sized_tiles_are_used_when_even_they_exceed_the_budget():
+    net = tiny_unetpp()
+    plan = OverlapTileInferer(roi_size=[16, 16, -1], max_tile_voxels=10).plan((64, 64, 2), net)
+    assert plan.tile_size[:2] == (26, 26) and plan.input_size == (32, 32, 2)  # 16 + 2 x 3, rounded up to 32
+
+
+def test_networks_without_a_size_divisor_keep_tiles_of_roi_size():
+    conv = nn.Conv3d(4, 2, 3, padding=1).eval()
+    plan = OverlapTileInferer(roi_size=[16, 16, -1]).plan((40, 36, 2), conv)
+    assert plan.grid == (3, 3, 1) and plan.tile_size == (16, 16, 2)
+
+
+def test_an_ensemble_grows_its_tiles_by_the_common_multiple_of_its_members():
+    a, b = tiny_unetpp(), tiny_unetpp(strides=[[2, 2, 1]] * 3, features=[4, 6, 8, 10])  # divisors 16 and 8
+    assert MeanEnsemble([a, b]).size_divisor == [16, 16, 1]
+    assert size_divisor_of([a, b], 3) == (16, 16, 1) and size_divisor_of([a, nn.Identity()], 3) is None
+    plan = OverlapTileInferer(roi_size=[16, 16, -1], activation="softmax").plan((40, 36, 2), [a, b])
+    assert plan.grid == (1, 1, 1)
 
 
 # ---------------------------------------------------------------- TTA and ensembles
@@ -282,7 +350,7 @@ def test_plan_needs_fewer_network_calls_than_monai_half_overlap():
     net = tiny_unetpp(in_channels=1)
     x = torch.randn(1, 1, 96, 96, 4)
     monai_net, our_net = CountingNetwork(net), CountingNetwork(net)
-    inferer = OverlapTileInferer(roi_size=[32, 32, -1])
+    inferer = OverlapTileInferer(roi_size=[32, 32, -1], max_tile_voxels=None)  # tiles of roi_size, not grown
     with torch.no_grad():
         SlidingWindowInferer(roi_size=[32, 32, -1], overlap=0.5)(x, monai_net)
         inferer(x, our_net)
@@ -301,10 +369,11 @@ def test_plan_counts_batches_flips_and_members():
 def test_batches_of_tiles_give_the_same_result_as_one_tile_at_a_time():
     net = tiny_unetpp()
     x = torch.randn(3, 4, 40, 36, 2)
+    fixed = dict(roi_size=[16, 16, -1], max_tile_voxels=None)  # 9 tiles per image
     with torch.no_grad():
-        one = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=1)(x, net)
-        many = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=5)(x, net)
-        separately = torch.cat([OverlapTileInferer(roi_size=[16, 16, -1])(x[i : i + 1], net) for i in range(3)])
+        one = OverlapTileInferer(sw_batch_size=1, **fixed)(x, net)
+        many = OverlapTileInferer(sw_batch_size=5, **fixed)(x, net)
+        separately = torch.cat([OverlapTileInferer(**fixed)(x[i : i + 1], net) for i in range(3)])
     assert torch.allclose(one, many, atol=1e-5)
     assert torch.allclose(one, separately, atol=1e-5)
 
@@ -347,6 +416,7 @@ def test_inferer_from_a_bundle_config():
         dict(roi_size=16, activation="relu"),
         dict(roi_size=16, sw_batch_size=0),
         dict(roi_size=16, tta_flips=[[-1]]),
+        dict(roi_size=16, max_tile_voxels=0),
     ],
 )
 def test_bad_options_are_value_errors(options):
