@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.allocator import MALLOC_ENV
+
 __all__ = [
     "BenchmarkOptions",
     "BenchmarkResult",
@@ -745,9 +747,9 @@ def _inference_methods(
     """The methods compared per case: name -> (network, a call from tensor in to probabilities out)."""
     from monai.inferers import SlidingWindowInferer
 
-    from pipeline.inferers import OverlapTileInferer
+    from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, OverlapTileInferer
 
-    ours = OverlapTileInferer(roi_size=list(roi))
+    ours = OverlapTileInferer(roi_size=list(roi), max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
     fixed = OverlapTileInferer(roi_size=list(roi), max_tile_voxels=None)
     monai_default = SlidingWindowInferer(roi_size=list(roi), overlap=0.5, mode="gaussian")
     methods = {
@@ -762,9 +764,10 @@ def _inference_methods(
     return methods
 
 
-# The child process of the allocator comparison: glibc malloc never hands big blocks to mmap (which the kernel
-# then zero-fills page by page on first touch, on every call) and keeps freed memory.
-TUNED_MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+# The child process of the allocator comparison runs with the settings the CLI gives its own processes
+# (pipeline.allocator): glibc malloc never hands big blocks to mmap (which the kernel then zero-fills page by
+# page on first touch, on every call) and keeps freed memory.
+TUNED_MALLOC_ENV = MALLOC_ENV
 CHILD_METHODS = ("ours", "monai", "whole", "default_ours")
 
 
@@ -881,10 +884,10 @@ def _pruning_rows(
     repeats: int, device: torch.device,
 ) -> list[dict[str, Any]]:
     """Parameters, time (side by side over the levels) and mean Dice of every pruned level of a UNet++."""
-    from pipeline.inferers import OverlapTileInferer
+    from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, OverlapTileInferer
     from pipeline.metrics import dice_score
 
-    inferer = OverlapTileInferer(roi_size=roi)
+    inferer = OverlapTileInferer(roi_size=roi, max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
     depth = int(network.depth)
     counts = network.parameter_counts()
     pruned = {level: network.prune(level).eval() for level in range(1, depth + 1)}
@@ -1056,6 +1059,11 @@ def _judge(result: BenchmarkResult) -> None:
         "; with the tuned malloc " + " / ".join(f"{ratios[f'{n} tiling overhead, tuned malloc']:.2f}" for n in tuned))
     tuned_default = "" if not tuned else f"; with the tuned malloc {tuned[names[0]]['default_ours'].total:.2f} s"
     tuned_ours = "" if not tuned else f"; with the tuned malloc {tuned[names[0]]['ours'].total:.2f} s"
+    # The verdicts go by the allocator settings the CLI runs predict and train with (pipeline.allocator), i.e.
+    # the child's figures; without them (not glibc, or the child failed) by glibc's defaults and the test cases.
+    shipped = tuned or result.inference
+    shipped_speedups = ([ratios[f"{n} speed-up over MONAI, tuned malloc"] for n in tuned] if tuned
+                        else speedups + [trained])
     dice_note = ("within 0.01" if abs(gap) <= TARGETS["dice_tolerance"]
                  else ("ours higher by more than 0.01" if gap > 0 else "ours lower by more than 0.01"))
     result.targets = [
@@ -1065,7 +1073,7 @@ def _judge(result: BenchmarkResult) -> None:
             f"{' / '.join(f'{v:.2f}x' for v in speedups)} ({' / '.join(names)}, end to end, 5-channel network)"
             f"{tuned_speedups}; {trained:.2f}x over the trained model's test cases; mean Dice ours {mean['ours']:.4f}, "
             f"MONAI {mean['monai']:.4f} ({gap:+.4f}: {dice_note})",
-            min(speedups + [trained]) >= TARGETS["speedup"] and gap >= -TARGETS["dice_tolerance"],
+            min(shipped_speedups) >= TARGETS["speedup"] and gap >= -TARGETS["dice_tolerance"],
         ),
         (
             f"tiling overhead (tiled / one whole-volume pass) <= {TARGETS['tiling_overhead']}",
@@ -1076,13 +1084,13 @@ def _judge(result: BenchmarkResult) -> None:
             f"default UNet++ < {TARGETS['case_seconds']:.0f} s end to end for a {names[0]} case: the bundle's "
             "default network",
             f"{first['default_ours'].total:.2f} s{tuned_default} ({result.default_network})",
-            first["default_ours"].total < TARGETS["case_seconds"],
+            shipped[names[0]]["default_ours"].total < TARGETS["case_seconds"],
         ),
         (
             f"default UNet++ < {TARGETS['case_seconds']:.0f} s end to end for a {names[0]} case: the planned "
             "(trained) network",
             f"{first['ours'].total:.2f} s{tuned_ours} ({result.model['architecture']})",
-            first["ours"].total < TARGETS["case_seconds"],
+            shipped[names[0]]["ours"].total < TARGETS["case_seconds"],
         ),
         (
             f"data waiting < {100 * TARGETS['data_wait_share']:.0f}% of training step time",
@@ -1106,7 +1114,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 METHOD_NAMES = {
-    "ours": "ours: `OverlapTileInferer(roi_size)`, defaults",
+    "ours": "ours: `OverlapTileInferer(roi_size, max_tile_voxels=2**21)`, grown tiles",
     "monai": "MONAI `SlidingWindowInferer(roi_size, overlap=0.5, mode=\"gaussian\")`",
     "monai_patch": "MONAI, `roi_size` = the training patch",
     "ours_fixed": "ours, tiles kept at roi_size (`max_tile_voxels=None`)",
@@ -1156,8 +1164,10 @@ def format_results(result: BenchmarkResult) -> str:
     lines += ["## Targets", ""]
     if result.quick:
         lines += ["(Quick run: tiny sizes and networks, so these verdicts say nothing about the targets.)", ""]
-    lines += ["Verdicts are on the process as shipped (glibc malloc defaults); the figures after *tuned malloc* "
-              f"come from a child process with `{result.tuned_note}` (see Inference per case).", ""]
+    lines += ["The first figure of each row is with glibc malloc's defaults (this process); the figures after *tuned "
+              f"malloc* come from a child process with `{result.tuned_note}`, the settings that `python -m pipeline` "
+              "gives its own processes and the bundle runs it starts (`pipeline/allocator.py`; opt out with "
+              "`PIPELINE_MALLOC=default`). Verdicts go by the tuned figures when they were measured.", ""]
     lines += _table(["target", "measured", "met"],
                     [[what, figure, "yes" if met else "**no**"] for what, figure, met in result.targets]) + [""]
 
@@ -1212,7 +1222,7 @@ def format_results(result: BenchmarkResult) -> str:
                      f"{t['monai'].total / t['whole'].total:.2f}",
                      f"{tuned['ours'].total / tuned['whole'].total:.2f}" if tuned else "n/a",
                      f"{tuned['monai'].total / tuned['whole'].total:.2f}" if tuned else "n/a"])
-    lines += _table(["case", "ours (defaults)", "ours, tiles of roi_size", "MONAI", "ours, tuned malloc",
+    lines += _table(["case", "ours, grown tiles", "ours, tiles of roi_size", "MONAI", "ours, tuned malloc",
                      "MONAI, tuned malloc"], rows) + [""]
 
     lines += ["## UNet++ pruning", "",
@@ -1262,9 +1272,11 @@ def format_results(result: BenchmarkResult) -> str:
               "is shared and absolute times vary with its load.",
               "- All inference runs under `torch.inference_mode()`, on the same network object and weights; "
               "softmax is part of the end-to-end time of every method.",
-              "- Our inferer grows its tiles beyond `roi_size` for networks with a `size_divisor` (UNet++), up to "
-              "`max_tile_voxels` (2**21) per tile: a 256x256xN slab is one whole-volume pass. The *fixed tiles* row "
-              "is the inferer before that change (for `roi_size` 128: 4 tiles whose network input is 176x176xN).",
+              "- *ours* is our inferer with `max_tile_voxels=2**21`: tiles grown beyond `roi_size` for networks with a "
+              "`size_divisor` (UNet++), so a 256x256xN slab is one whole-volume pass. Growth is opt-in and the bundles "
+              "infer with MONAI's `SlidingWindowInferer`, because an instance-normalised network's output depends on "
+              "the tile (see the Dice table). The *fixed tiles* row is the inferer's default (for `roi_size` 128: 4 "
+              "tiles whose network input is 176x176xN).",
               "- MONAI's inferer is compared at the same `roi_size` (in-plane patch, whole slab across); the row with "
               "`roi_size` = the training patch is what MONAI's default gives with the 2-slice patch itself.",
               "- On these shapes our inferer and the whole-volume pass do the same work (one pass), so their ratio "

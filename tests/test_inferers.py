@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from pipeline.inferers import MeanEnsemble, OverlapTileInferer, mirror_pad, size_divisor_of
+from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, MeanEnsemble, OverlapTileInferer, mirror_pad, size_divisor_of
 from pipeline.networks import UNetPlusPlus, ValidUNet
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
@@ -188,7 +188,7 @@ def test_gaussian_blending_with_half_overlap_and_no_margin_reproduces_monai():
 def test_unetpp_tiles_grow_to_one_whole_volume_pass_within_the_budget():
     net = tiny_unetpp()
     x = torch.randn(2, 4, 40, 36, 2)
-    inferer = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=2)
+    inferer = OverlapTileInferer(roi_size=[16, 16, -1], sw_batch_size=2, max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
     plan = inferer.plan(x.shape[2:], net, batch_size=2)
     assert plan.grid == (1, 1, 1) and plan.margin == (0, 0, 0) and plan.input_size == (40, 36, 2)
     with torch.no_grad():
@@ -244,7 +244,7 @@ def test_an_ensemble_grows_its_tiles_by_the_common_multiple_of_its_members():
     a, b = tiny_unetpp(), tiny_unetpp(strides=[[2, 2, 1]] * 3, features=[4, 6, 8, 10])  # divisors 16 and 8
     assert MeanEnsemble([a, b]).size_divisor == [16, 16, 1]
     assert size_divisor_of([a, b], 3) == (16, 16, 1) and size_divisor_of([a, nn.Identity()], 3) is None
-    plan = OverlapTileInferer(roi_size=[16, 16, -1], activation="softmax").plan((40, 36, 2), [a, b])
+    plan = OverlapTileInferer(roi_size=[16, 16, -1], activation="softmax", max_tile_voxels=DEFAULT_MAX_TILE_VOXELS).plan((40, 36, 2), [a, b])
     assert plan.grid == (1, 1, 1)
 
 
