@@ -663,7 +663,7 @@ class BenchmarkResult:
         roi_size: the tile/window size both inferers use (the bundle's inference ``roi_size``).
         inference: per case shape (e.g. ``"5x256x256x8"``) -> method -> :class:`Timing`.
         tuned_inference: the same for ours, MONAI, the whole volume and the default network, in a child process
-            with :data:`TUNED_MALLOC_ENV` (None where not measured; ``tuned_note`` says why or how).
+            with :data:`MALLOC_ENV` (None where not measured; ``tuned_note`` says why or how).
         patch_size: the training patch (MONAI's ``roi_size`` in the ``monai_patch`` row).
         default_network: a description of the bundle's default UNet++ timed for the 2 s target.
         dice: per test case: case id, shape, Dice of each method against the truth and ours against MONAI,
@@ -764,10 +764,6 @@ def _inference_methods(
     return methods
 
 
-# The child process of the allocator comparison runs with the settings the CLI gives its own processes
-# (pipeline.allocator): glibc malloc never hands big blocks to mmap (which the kernel then zero-fills page by
-# page on first touch, on every call) and keeps freed memory.
-TUNED_MALLOC_ENV = MALLOC_ENV
 CHILD_METHODS = ("ours", "monai", "whole", "default_ours")
 
 
@@ -821,7 +817,7 @@ def _child_main() -> None:
 
 
 def _tuned_malloc_timings(spec: Mapping[str, Any]) -> tuple[dict[str, dict[str, Timing]] | None, str]:
-    """The inference rows once more in a child process whose glibc malloc is set by :data:`TUNED_MALLOC_ENV`.
+    """The inference rows once more in a child process whose glibc malloc is set by :data:`MALLOC_ENV`.
 
     Returns:
         (the timings, or None where this is not Linux or the child failed; a note on what happened).
@@ -830,7 +826,7 @@ def _tuned_malloc_timings(spec: Mapping[str, Any]) -> tuple[dict[str, dict[str, 
 
     if not sys.platform.startswith("linux"):
         return None, "not measured: the malloc settings are glibc's (Linux)"
-    env = dict(os.environ, **TUNED_MALLOC_ENV)
+    env = dict(os.environ, **MALLOC_ENV)
     env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     child_spec = dict(spec, methods=list(CHILD_METHODS), patch=None, memory_pass=False,
                       repeats=int(spec["repeats"]) + 1, threads=torch.get_num_threads())
@@ -846,7 +842,7 @@ def _tuned_malloc_timings(spec: Mapping[str, Any]) -> tuple[dict[str, dict[str, 
         for t in rows.values():
             t.total_s, t.network_s, t.calls, t.page_faults = (
                 t.total_s[1:], t.network_s[1:], t.calls[1:], t.page_faults[1:])
-    return timings, " ".join(f"{k}={v}" for k, v in TUNED_MALLOC_ENV.items())
+    return timings, " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
 
 
 def _mask(probabilities: torch.Tensor) -> np.ndarray:

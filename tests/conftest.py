@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from pipeline.__main__ import main
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,3 +29,19 @@ def seeded_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_datalist(tmp_path_factory):
+    """A factory ``make(name, cases, test_cases, seed=21, folds=2) -> Path``: writes the synthetic dataset and
+    its datalist with the CLI's own ``synth`` and ``prepare`` under a fresh folder, returns the datalist."""
+
+    def make(name: str, cases: int, test_cases: int, seed: int = 21, folds: int = 2) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        assert main(["synth", str(root / "data"), "--cases", str(cases), "--test-cases", str(test_cases),
+                     "--seed", str(seed)]) == 0
+        assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"),
+                     "--folds", str(folds)]) == 0
+        return root / "datalist.json"
+
+    return make

@@ -23,11 +23,8 @@ IDS = ["unetplusplus", "unet"]
 
 
 @pytest.fixture(scope="module")
-def datalist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bundles")
-    assert main(["synth", str(root / "data"), "--cases", "4", "--test-cases", "2", "--seed", "21"]) == 0
-    assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"), "--folds", "2"]) == 0
-    return root / "datalist.json"
+def datalist(synthetic_datalist) -> Path:
+    return synthetic_datalist("bundles", cases=4, test_cases=2)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)

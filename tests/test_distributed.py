@@ -19,7 +19,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.handlers import MetricsSaver, StatsHandler
 
-from pipeline.__main__ import build_parser, main
+from pipeline.__main__ import build_parser
 from pipeline.bundles import bundle_command
 from pipeline.data.datalist import load_datalist
 from pipeline.distributed import handlers_for_rank, rank_share, torchrun_command
@@ -35,11 +35,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def datalist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("distributed")
-    assert main(["synth", str(root / "data"), "--cases", "4", "--test-cases", "3", "--seed", "21"]) == 0
-    assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"), "--folds", "2"]) == 0
-    return root / "datalist.json"
+def datalist(synthetic_datalist) -> Path:
+    return synthetic_datalist("distributed", cases=4, test_cases=3)
 
 
 def run_logged(command: list[str]) -> subprocess.CompletedProcess:
