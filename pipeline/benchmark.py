@@ -477,8 +477,9 @@ def _architecture(network: nn.Module) -> str:
             f"{parameters / 1e6:.2f} M parameters")
 
 
-def _synthetic_dataset(workdir: Path, cases: int, test_cases: int, seed: int) -> Path:
-    """Write the synthetic dataset and its datalist/plans with the CLI's own ``synth`` and ``prepare``."""
+def _synthetic_dataset(workdir: Path, cases: int, test_cases: int, seed: int, channels: Sequence[str]) -> Path:
+    """Write the synthetic dataset and its datalist/plans with the CLI's own ``synth`` and ``prepare``,
+    stacking ``channels`` (those the model is or was trained on)."""
     from pipeline.__main__ import main
 
     data, datalist = workdir / "data", workdir / "datalist.json"
@@ -486,9 +487,28 @@ def _synthetic_dataset(workdir: Path, cases: int, test_cases: int, seed: int) ->
              "--overwrite"]) != 0:
         raise RuntimeError("benchmark: synth failed")
     folds = min(5, max(2, cases))
-    if main(["prepare", "--root", str(data), "--out", str(datalist), "--folds", str(folds), "--seed", str(seed)]) != 0:
+    if main(["prepare", "--root", str(data), "--out", str(datalist), "--folds", str(folds), "--seed", str(seed),
+             "--channels", ",".join(channels)]) != 0:
         raise RuntimeError("benchmark: prepare failed")
     return datalist
+
+
+def _model_channels(options: "BenchmarkOptions") -> list[str]:
+    """The channels of the benchmarked model: those in the checkpoint's plans, else the demo's.
+
+    Raises:
+        FileNotFoundError: a checkpoint is given but its plans are not found.
+    """
+    from pipeline.__main__ import DEMO_CHANNELS
+    from pipeline.data.plans import load_plans
+    from pipeline.training import TRAINED_PLANS
+
+    if options.checkpoint is None:
+        return DEMO_CHANNELS.split(",")
+    plans = Path(options.plans) if options.plans else Path(options.checkpoint).parent / TRAINED_PLANS
+    if not plans.is_file():
+        raise FileNotFoundError(f"plans {str(plans)!r} not found: give --plans, the plans the checkpoint was trained with")
+    return list(load_plans(plans).get("channels") or DEMO_CHANNELS.split(","))
 
 
 def _training_plans(workdir: Path, quick: bool) -> Path:
@@ -936,8 +956,10 @@ def run_benchmark(options: BenchmarkOptions, log: Callable[[str], None] = print)
         workdir = Path(options.workdir).resolve() if options.workdir else Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        datalist = _synthetic_dataset(workdir, cases, test_cases, options.seed)
+        datalist = _synthetic_dataset(workdir, cases, test_cases, options.seed, _model_channels(options))
         profile = profile_path(json.loads(datalist.read_text()))
+        # every config the benchmark parses stacks the datalist's channels, as `train` and `predict` pass them
+        channels = [("channels", list(json.loads(datalist.read_text())["channels"]))]
         log(f"benchmark: synthetic data ({cases} training, {test_cases} test cases, seed {options.seed}) "
             f"in {time.perf_counter() - started:.0f} s")
 
@@ -946,8 +968,8 @@ def run_benchmark(options: BenchmarkOptions, log: Callable[[str], None] = print)
             plans = Path(options.plans) if options.plans else Path(options.checkpoint).parent / TRAINED_PLANS
             if not plans.is_file():
                 raise FileNotFoundError(f"plans {str(plans)!r} not found: give --plans, the plans the checkpoint was trained with")
-            architecture = plan_overrides(plans, ARCHITECTURE_KEYS)
-            training_overrides = plan_overrides(plans, PLANNED_KEYS)
+            architecture = channels + plan_overrides(plans, ARCHITECTURE_KEYS)
+            training_overrides = channels + plan_overrides(plans, PLANNED_KEYS)
             parser = _bundle_parser(bundle, "inference.json", profile, architecture)
             model = _network(parser, device=device)
             model.load_state_dict(_state_dict(Path(options.checkpoint)))
@@ -957,12 +979,12 @@ def run_benchmark(options: BenchmarkOptions, log: Callable[[str], None] = print)
             source = f"checkpoint `{_display_path(options.checkpoint)}` (plans `{_display_path(plans)}`)"
         else:
             plans = _training_plans(workdir, options.quick)
-            architecture = plan_overrides(plans, ARCHITECTURE_KEYS)
+            architecture = channels + plan_overrides(plans, ARCHITECTURE_KEYS)
             budget = options.resolved_train_budget()
             log(f"benchmark: training a UNet++ through {bundle.name}/configs/train.json "
                 f"({'one epoch' if budget is None else f'{budget:.0f} s'})")
             model, training = _train(bundle, datalist, profile, workdir / "training",
-                                     plan_overrides(plans, PLANNED_KEYS), budget, device)
+                                     channels + plan_overrides(plans, PLANNED_KEYS), budget, device)
             source = (f"trained by this run through `{bundle.name}/configs/train.json` for {training.epochs} epoch(s), "
                       f"{training.wall_s:.0f} s, on {cases} synthetic cases (fold 0 held out)")
         model = model.to(device).eval()

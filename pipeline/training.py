@@ -29,8 +29,9 @@ from pipeline.data.datalist import ALL_FOLDS
 # bundle config ids that ``--plans`` sets, each from the plans key of the same name except where PLAN_SOURCES says
 PLANNED_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "batch_size", "pixdim")
 # the ones inference must use too (``predict`` passes them from the checkpoint's trained_plans.json): the
-# network's architecture and the voxel spacing (``pixdim``) it was trained at. The name stays for predict.py.
-ARCHITECTURE_KEYS = ("strides", "kernel_sizes", "features", "pixdim")
+# network's architecture, the voxel spacing (``pixdim``) it was trained at, and its training patch, which sets the
+# inference window (an instance-normalised network depends on the window it sees).
+ARCHITECTURE_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "pixdim")
 # config id -> plans key where they differ: ``pixdim`` (MONAI ``Spacingd``; 0 keeps an axis) is the plans'
 # ``resample_pixdim``
 PLAN_SOURCES = {"pixdim": "resample_pixdim"}

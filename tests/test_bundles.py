@@ -150,7 +150,9 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
     predictions = tmp_path / "pred"
     assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(predictions),
                  "--checkpoint", str(output / "models" / "model.pt"), "--set", "channels_last=True"]) == 0
-    assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out
+    printed = capfd.readouterr().out
+    assert "--pixdim '[1.8,1.8,0.0]'" in printed
+    assert "--patch_size '[64,64,2]'" in printed  # the inference window is the training patch
     for record in load_datalist(datalist, "testing"):
         written, reference = nib.load(predictions / f"{record['case_id']}.nii.gz"), nib.load(record["reference"])
         assert written.shape == reference.shape

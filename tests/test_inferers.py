@@ -19,7 +19,14 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, MeanEnsemble, OverlapTileInferer, mirror_pad, size_divisor_of
+from pipeline.inferers import (
+    DEFAULT_MAX_TILE_VOXELS,
+    MeanEnsemble,
+    OverlapTileInferer,
+    mirror_pad,
+    size_divisor_of,
+    sliding_window_roi,
+)
 from pipeline.networks import UNetPlusPlus, ValidUNet
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
@@ -487,3 +494,15 @@ def test_large_volume_stays_within_memory():
     peak_bytes = int(result.stdout.strip().splitlines()[-1])
     # input 0.34 GB + output 0.67 GB + tiles; a padded copy or a weight volume would add more
     assert peak_bytes < 4 * 1024**3
+
+
+def test_sliding_window_roi_is_the_training_patch_with_never_pooled_axes_whole():
+    slab = [[2, 2, 1]] * 5  # thick 2-slice slabs: the slice axis is never downsampled
+    assert sliding_window_roi([224, 224, 2], slab) == [224, 224, -1]
+    thin = [[2, 2, 1], [2, 2, 2], [2, 2, 2]]  # thin 3D volume: every axis pooled, windows are whole patches
+    assert sliding_window_roi([96, 96, 48], thin) == [96, 96, 48]
+    assert sliding_window_roi([64, 64], [2, 2, 2]) == [64, 64]  # scalar strides
+    with pytest.raises(ValueError, match="do not match"):
+        sliding_window_roi([64, 64, 2], [[2, 2]])
+    with pytest.raises(ValueError, match="positive"):
+        sliding_window_roi([0, 64, 2], slab)
