@@ -940,7 +940,7 @@ def run_benchmark(options: BenchmarkOptions, log: Callable[[str], None] = print)
     """
     from pipeline.bundles import check_bundle, profile_path
     from pipeline.io import atomic_write_text
-    from pipeline.training import ARCHITECTURE_KEYS, PLANNED_KEYS, TRAINED_PLANS, plan_overrides
+    from pipeline.training import ARCHITECTURE_KEYS, PLANNED_KEYS, TRAINED_PLANS, plan_overrides, trained_network_overrides
 
     run_started = time.perf_counter()
     bundle = check_bundle(options.bundle, "train.json")
@@ -968,8 +968,9 @@ def run_benchmark(options: BenchmarkOptions, log: Callable[[str], None] = print)
             plans = Path(options.plans) if options.plans else Path(options.checkpoint).parent / TRAINED_PLANS
             if not plans.is_file():
                 raise FileNotFoundError(f"plans {str(plans)!r} not found: give --plans, the plans the checkpoint was trained with")
-            architecture = channels + plan_overrides(plans, ARCHITECTURE_KEYS)
-            training_overrides = channels + plan_overrides(plans, PLANNED_KEYS)
+            network = trained_network_overrides(plans)
+            architecture = channels + plan_overrides(plans, ARCHITECTURE_KEYS) + network
+            training_overrides = channels + plan_overrides(plans, PLANNED_KEYS) + network
             parser = _bundle_parser(bundle, "inference.json", profile, architecture)
             model = _network(parser, device=device)
             model.load_state_dict(_state_dict(Path(options.checkpoint)))

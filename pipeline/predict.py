@@ -27,7 +27,7 @@ from pipeline.data.datalist import strip_image_suffix
 from pipeline.distributed import torchrun_command
 from pipeline.errors import CaseError
 from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_mask_like
-from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides
+from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides, trained_network_overrides
 
 OUTPUT_FORMATS = ("nifti", "isles2018", "isles2022")
 TEAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -254,7 +254,7 @@ def run_predict(args) -> int:
         ]
         plans = Path(args.plans) if args.plans else checkpoint.parent / TRAINED_PLANS
         if args.plans or plans.is_file():
-            settings += plan_overrides(plans, ARCHITECTURE_KEYS)
+            settings += plan_overrides(plans, ARCHITECTURE_KEYS) + trained_network_overrides(plans)
         command = bundle_command(bundle, "inference.json", profile_path(datalist), settings + overrides, extra_configs)
         if nproc > 1:
             command = torchrun_command(command, nproc)

@@ -37,6 +37,9 @@ ARCHITECTURE_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "pixdi
 PLAN_SOURCES = {"pixdim": "resample_pixdim"}
 # the plans a run was trained with, kept beside its checkpoints
 TRAINED_PLANS = "trained_plans.json"
+# ``--set network_def#...`` overrides of a training run, kept in its trained plans under this key for ``predict``
+NETWORK_DEF_PREFIX = "network_def#"
+NETWORK_OVERRIDES = "network_overrides"
 
 
 def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNED_KEYS) -> list[tuple[str, object]]:
@@ -61,6 +64,19 @@ def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNE
 
     plans = load_plans(plans_path)
     return [(key, plans[PLAN_SOURCES.get(key, key)]) for key in keys if PLAN_SOURCES.get(key, key) in plans]
+
+
+def trained_network_overrides(plans_path: str | Path) -> list[tuple[str, str]]:
+    """The ``network_def#...`` overrides a run was trained with (e.g. ``network_def#norm=batch``), from its
+    trained plans, as ``(config id, value)`` pairs in the form they were given on the command line.
+
+    Raises:
+        FileNotFoundError: no such plans file.
+        ValueError: the plans file is not valid plans JSON.
+    """
+    from pipeline.data.plans import load_plans
+
+    return [(str(k), str(v)) for k, v in (load_plans(plans_path).get(NETWORK_OVERRIDES) or {}).items()]
 
 
 def train_command(args) -> list[str]:
@@ -112,6 +128,8 @@ def run_train(args) -> int:
         for key, value in parse_overrides(args.set):
             if key in PLANNED_KEYS:  # the run's --set wins over the plans: keep what was really trained
                 plans[PLAN_SOURCES.get(key, key)] = json.loads(value)
+            elif key.startswith(NETWORK_DEF_PREFIX):  # e.g. network_def#norm=batch: predict must build the same
+                plans.setdefault(NETWORK_OVERRIDES, {})[key] = value
         write_plans(plans, checkpoint_dir(args) / TRAINED_PLANS)
     return run_command(command)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -141,10 +142,12 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
     bundle = BUNDLES[0]
     output = tmp_path / "run"
     assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
-                 "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1"]) == 0
+                 "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1",
+                 "--set", "network_def#norm=batch"]) == 0
     assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out
     trained = load_plans(output / "models" / "trained_plans.json")
     assert trained["features"] == [4] * (depth + 1) and trained["resample_pixdim"] == [1.8, 1.8, 0.0]
+    assert trained["network_overrides"] == {"network_def#norm": "batch"}
     # predict rebuilds the planned network, at the planned spacing, from the plans beside the checkpoint,
     # and Invertd brings each prediction back onto the case's native grid with its reference header
     predictions = tmp_path / "pred"
@@ -153,6 +156,8 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
     printed = capfd.readouterr().out
     assert "--pixdim '[1.8,1.8,0.0]'" in printed
     assert "--patch_size '[64,64,2]'" in printed  # the inference window is the training patch
+    # batch-norm weights load only into the batch-norm network
+    assert shlex.join(["--network_def#norm", "batch"]) in printed
     for record in load_datalist(datalist, "testing"):
         written, reference = nib.load(predictions / f"{record['case_id']}.nii.gz"), nib.load(record["reference"])
         assert written.shape == reference.shape
