@@ -6,7 +6,7 @@ turns them into config overrides, prints the exact ``python -m monai.bundle run 
 it. Everything the run needs is declared in the bundle's ``configs/train.json``.
 
 Fast-path switches of ``train.json`` (all run on CPU too; only a GPU makes them pay):
-``amp`` (autocast in bf16 where the device supports it, else fp16: :func:`amp_dtype`),
+``amp`` (autocast in bf16 where the device supports it, else fp16: :func:`pipeline.precision.amp_dtype`),
 ``cudnn_benchmark`` (CUDA only), ``channels_last`` (network and inputs: :func:`prepare_network`,
 :class:`PrepareTrainingBatch`), ``cache_device`` (MONAI ``ToDeviced`` after the cached deterministic
 transforms, so the random crops run on that device), ``compile`` (MONAI's ``torch.compile`` of the network).
@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import PrepareBatchDefault
-from monai.inferers import Inferer
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
 from pipeline.data.datalist import ALL_FOLDS
+from pipeline.precision import AutocastInferer
 
 # bundle config ids that ``--plans`` sets, each from the plans key of the same name except where PLAN_SOURCES says
 PLANNED_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "batch_size", "pixdim")
@@ -137,22 +137,6 @@ def run_train(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training parts referenced by the bundles' train.json
 # ---------------------------------------------------------------------------------------------
-def amp_dtype(device: str | torch.device) -> torch.dtype:
-    """The autocast dtype of the ``amp`` switch on ``device``: bfloat16 where it is supported (CPUs,
-    CUDA GPUs from Ampere on), else float16 (with MONAI's gradient scaler on CUDA).
-
-    Args:
-        device: the training device.
-
-    Returns:
-        ``torch.bfloat16`` or ``torch.float16``.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" else torch.float16
-
-
 def channels_last_format(spatial_dims: int) -> torch.memory_format:
     """``torch.channels_last_3d`` for 3D data (5D tensors), ``torch.channels_last`` for 2D (4D tensors).
 
@@ -208,28 +192,6 @@ class PrepareTrainingBatch(PrepareBatchDefault):
         if self.channels_last and image.dim() in (4, 5):
             image = image.contiguous(memory_format=channels_last_format(image.dim() - 2))
         return image, label
-
-
-class AutocastInferer(Inferer):
-    """Run another inferer under ``torch.autocast(device_type, dtype)`` and return float32 outputs,
-    so that the loss is computed in full precision.
-
-    Args:
-        inferer: the wrapped inferer (e.g. MONAI ``SimpleInferer``).
-        device_type: ``"cpu"``, ``"cuda"``, ...
-        dtype: the autocast dtype.
-    """
-
-    def __init__(self, inferer: Inferer, device_type: str, dtype: torch.dtype | None = None) -> None:
-        self.inferer = inferer
-        self.device_type = device_type
-        self.dtype = dtype
-
-    def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any):
-        """Returns the wrapped inferer's output, floating tensors cast to float32 (stacked heads too)."""
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.inferer(inputs, network, *args, **kwargs)
-        return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
 
 class Trainer(SupervisedTrainer):

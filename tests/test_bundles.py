@@ -54,6 +54,28 @@ def test_config_workflow_finds_every_required_property(bundle, workflow_type, co
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("norm,expected", [("instance", "SlidingWindowInferer"), ("batch", "OverlapTileInferer")])
+def test_inference_picks_its_inferer_by_the_networks_normalisation(bundle, norm, expected, datalist):
+    """Instance norm sees the tile: MONAI windows of the training patch. Batch norm does not: grown tiles.
+    Autocast is on by default exactly where it pays off (CPUs with native bf16, GPUs)."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.precision import AutocastInferer, low_precision_pays_off
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "inference.json"), PROFILE])
+    parser["datalist"] = str(datalist)
+    parser["network_def#norm"] = norm
+    parser["patch_size"] = [96, 96, 2]
+    inferer = parser.get_parsed_content("inferer")
+    assert isinstance(inferer, AutocastInferer)
+    assert type(inferer.inferer).__name__ == expected
+    assert list(inferer.inferer.roi_size) == [96, 96, -1]  # the strides never pool the slice axis
+    device = parser.get_parsed_content("device")
+    assert inferer.enabled is low_precision_pays_off(device) and inferer.device_type == device.type
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_verify_net_in_out(bundle):
     verify_net_in_out(
         net_id="network_def",
@@ -168,7 +190,7 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
 def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(datalist, tmp_path):
     """border_weight, amp (bf16 autocast on CPU), channels_last, cache_device and compile, all switched on;
     the GPU-only effects (cuDNN autotuning, device caching on a GPU) cannot be measured on a CPU."""
-    from pipeline.training import AutocastInferer
+    from pipeline.precision import AutocastInferer
 
     bundle = BUNDLES[0]
     workflow = ConfigWorkflow(

@@ -24,9 +24,12 @@ from pipeline.inferers import (
     MeanEnsemble,
     OverlapTileInferer,
     mirror_pad,
+    segmentation_inferer,
     size_divisor_of,
     sliding_window_roi,
+    tile_independent,
 )
+from pipeline.precision import AutocastInferer
 from pipeline.networks import UNetPlusPlus, ValidUNet
 
 pytestmark = pytest.mark.usefixtures("seeded_single_thread")
@@ -506,3 +509,69 @@ def test_sliding_window_roi_is_the_training_patch_with_never_pooled_axes_whole()
         sliding_window_roi([64, 64, 2], [[2, 2]])
     with pytest.raises(ValueError, match="positive"):
         sliding_window_roi([0, 64, 2], slab)
+
+
+@pytest.mark.parametrize(
+    "network,independent",
+    [
+        (tiny_unetpp(norm="instance"), False),  # instance norm without running statistics: normalises over the tile
+        (tiny_unetpp(norm="batch"), True),  # running statistics in eval mode
+        (nn.Sequential(nn.Conv3d(4, 4, 3, padding=1), nn.GroupNorm(2, 4)), False),
+        (nn.Sequential(nn.Conv3d(4, 4, 3, padding=1), nn.InstanceNorm3d(4, track_running_stats=True)), True),
+        (nn.Conv3d(4, 2, 3, padding=1), True),  # no normalisation at all
+        (MeanEnsemble([tiny_unetpp(norm="batch"), tiny_unetpp(norm="instance")]), False),  # one tile-dependent member suffices
+        (lambda x: x, False),  # not a module: nothing to inspect, so assumed tile-dependent
+    ],
+    ids=["instance", "batch", "group", "instance-running-stats", "none", "ensemble", "callable"],
+)
+def test_tile_independence_is_read_from_the_normalisation_layers(network, independent):
+    assert tile_independent(network) is independent
+
+
+def test_an_instance_normalised_network_gets_monai_windows_of_the_roi():
+    inferer = segmentation_inferer(tiny_unetpp(norm="instance"), [16, 16, -1], "cpu")
+    assert isinstance(inferer, AutocastInferer) and not inferer.enabled
+    windows = inferer.inferer
+    assert isinstance(windows, SlidingWindowInferer)
+    assert list(windows.roi_size) == [16, 16, -1] and windows.overlap == 0.5 and windows.mode == "gaussian"
+
+
+def test_a_batch_normalised_network_gets_grown_tiles_equal_to_one_whole_pass():
+    net = tiny_unetpp(norm="batch")
+    inferer = segmentation_inferer(net, [16, 16, -1], "cpu")
+    assert isinstance(inferer.inferer, OverlapTileInferer)
+    assert inferer.inferer.max_tile_voxels == DEFAULT_MAX_TILE_VOXELS
+    x = torch.randn(1, 4, 48, 48, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(inferer(x, net), net(x))  # 48x48x2 fits one tile: one pass
+
+
+def test_segmentation_inferer_refuses_a_bad_roi():
+    with pytest.raises(ValueError, match="roi_size"):
+        segmentation_inferer(tiny_unetpp(norm="instance"), [0, 16, -1], "cpu")
+
+
+def test_amp_runs_the_windows_in_bf16_and_returns_float32_close_to_float32_inference():
+    net = tiny_unetpp(norm="instance")
+    x = torch.randn(1, 4, 40, 36, 2)
+    with torch.no_grad():
+        full = segmentation_inferer(net, [16, 16, -1], "cpu", amp=False)(x, net)
+        low = segmentation_inferer(net, [16, 16, -1], "cpu", amp=True)(x, net)
+    assert full.dtype == low.dtype == torch.float32
+    assert not torch.equal(full, low)  # the network did run in bf16
+    # bf16 keeps 8 bits of mantissa; a random tiny network's 1-voxel-deep instance norms amplify that locally
+    difference = (torch.softmax(low, 1) - torch.softmax(full, 1)).abs()
+    assert difference.mean() < 0.02 and difference.max() < 0.25
+    assert (low.argmax(1) == full.argmax(1)).float().mean() > 0.95
+
+
+def test_overlap_tiles_accumulate_in_float32_under_autocast():
+    net = tiny_unetpp(norm="batch")
+    x = torch.randn(1, 4, 40, 36, 2)
+    inferer = OverlapTileInferer([16, 16, -1], blend_mode="gaussian", overlap=0.5)
+    with torch.no_grad():
+        reference = inferer(x, net)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = inferer(x, net)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, reference, atol=0.1, rtol=0.05)

@@ -14,7 +14,8 @@ from monai.losses import DiceCELoss
 from pipeline.engines import attach_time_budget, latest_checkpoint
 from pipeline.losses import BorderWeightedDiceCELoss, DeepSupervisedLoss
 from pipeline.networks import UNetPlusPlus
-from pipeline.training import PrepareTrainingBatch, Trainer, amp_dtype, plan_overrides, prepare_network
+from pipeline.precision import amp_dtype
+from pipeline.training import PrepareTrainingBatch, Trainer, plan_overrides, prepare_network
 from pipeline.transforms import RandInPlaneElasticd
 
 
