@@ -6,6 +6,9 @@ failures table and the run goes on with the other cases; ``raise_if_failed`` (th
 ``finalize`` step) then ends the run with a non-zero exit status that names every failed case.
 Under ``torchrun`` (``multi_gpu_inference.json``) each rank predicts its share of the cases and
 :meth:`ResilientEvaluator.gather_failures` merges the ranks' failures: rank 0 alone writes the table.
+
+It also holds the handlers the bundles' training runs attach: atomic checkpoints, resume, the time budget,
+early stopping and the progress bar.
 """
 
 from __future__ import annotations
@@ -287,4 +290,63 @@ def attach_time_budget(trainer: Engine, budget_s: float | None) -> bool:
 
     trainer.add_event_handler(Events.STARTED, start)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
+    return True
+
+
+def attach_early_stopping(
+    evaluator: Engine, trainer: Engine, patience: int | None, min_delta: float = 0.0
+) -> bool:
+    """Stop ``trainer`` when the validation key metric has not improved for ``patience`` validations.
+
+    MONAI's ``EarlyStopHandler`` (Ignite's ``EarlyStopping``) on ``evaluator``'s key metric (higher is better):
+    a validation counts as an improvement when it beats the best so far by more than ``min_delta``. Ignite then
+    completes the run normally, so the final checkpoint is written. Its counter is not checkpointed: a resumed
+    run counts afresh. Every process of a distributed run sees the same gathered metric and stops together.
+
+    Args:
+        evaluator: the validation engine (MONAI ``SupervisedEvaluator`` with a key metric).
+        trainer: the engine to stop.
+        patience: validations without improvement before stopping; None or 0 means no early stopping.
+        min_delta: the smallest increase of the metric that counts as an improvement.
+
+    Returns:
+        True when early stopping was attached.
+
+    Raises:
+        ValueError: a negative ``patience`` or ``min_delta``, or an evaluator without a key metric.
+    """
+    from monai.handlers import EarlyStopHandler, stopping_fn_from_metric
+
+    if not patience:
+        return False
+    if int(patience) < 0 or float(min_delta) < 0:
+        raise ValueError(f"early stopping needs patience >= 0 and min_delta >= 0, got {patience} and {min_delta}")
+    metric = getattr(evaluator.state, "key_metric_name", None)
+    if not metric:
+        raise ValueError("early stopping needs an evaluator with a key metric (key_val_metric)")
+    EarlyStopHandler(patience=int(patience), score_function=stopping_fn_from_metric(metric), trainer=trainer,
+                     min_delta=float(min_delta), epoch_level=True).attach(evaluator)
+    return True
+
+
+def attach_progress_bar(trainer: Engine, enabled: bool) -> bool:
+    """Show a tqdm progress bar over each epoch's iterations with the running loss (Ignite's ``ProgressBar``),
+    beside MONAI's ``StatsHandler`` log lines. Only rank 0 of a distributed run shows one.
+
+    Args:
+        trainer: the MONAI trainer (its output holds ``loss``).
+        enabled: whether to attach it (the bundles default to it when stderr is a terminal).
+
+    Returns:
+        True when a progress bar was attached.
+    """
+    from ignite.handlers import ProgressBar
+    from monai.handlers import from_engine
+
+    from pipeline.distributed import rank_and_world_size
+
+    if not enabled or rank_and_world_size()[0] != 0:
+        return False
+    loss = from_engine(["loss"], first=True)
+    ProgressBar(persist=True).attach(trainer, output_transform=lambda output: {"loss": float(loss(output))})
     return True

@@ -216,3 +216,24 @@ def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(da
     convs = [m.weight for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
     assert (tmp_path / "models" / "last.pt").is_file() and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(datalist, tmp_path):
+    """min_delta 1.0 is more than Dice can ever gain: the first validation sets the best, the second stops."""
+    bundle = BUNDLES[0]
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / "train.json"), PROFILE],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train",
+        datalist=str(datalist),
+        bundle_root=str(tmp_path),
+        epochs=4, val_interval=1, cache_rate=0.0, features=[4, 8, 8, 16, 16], patch_size=[64, 64, 2],
+        early_stop_patience=1, early_stop_min_delta=1.0,
+    )
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and trainer.state.max_epochs == 4
+    saved = torch.load(tmp_path / "models" / "last.pt", weights_only=True)["trainer"]
+    assert saved["iteration"] == 2 * saved["epoch_length"]  # the final checkpoint holds the stopped state

@@ -1,5 +1,6 @@
 """Training parts the bundles reference: deep-supervision loss, the border-weighted loss, in-plane elastic
-deformation, time budget, resume, the trainer's fast-path switches (AMP, channels-last, batch preparation)."""
+deformation, time budget, resume, the progress bar, the trainer's fast-path switches (AMP, channels-last, batch
+preparation)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ignite.engine import Engine
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
 
-from pipeline.engines import attach_time_budget, latest_checkpoint
+from pipeline.engines import attach_progress_bar, attach_time_budget, latest_checkpoint
 from pipeline.losses import BorderWeightedDiceCELoss, DeepSupervisedLoss
 from pipeline.networks import UNetPlusPlus
 from pipeline.precision import amp_dtype
@@ -194,3 +195,14 @@ def test_checkpoints_are_written_atomically_and_a_failed_save_keeps_the_last_one
     assert last.read_bytes() == good  # the interrupted save left the previous checkpoint whole
     # no temporary left behind, and the epoch-2 checkpoint survives the failed epoch-3 save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model_epoch=2.pt"]
+
+
+def test_progress_bar_shows_the_running_loss_only_when_enabled(capsys):
+    def run(enabled: bool) -> str:
+        engine = Engine(lambda engine, batch: [{"loss": torch.tensor(0.25)}, {"loss": torch.tensor(0.25)}])
+        assert attach_progress_bar(engine, enabled) is enabled
+        engine.run(range(3), max_epochs=1)
+        return capsys.readouterr().err
+
+    assert "loss=0.25" in run(True)  # the loss of the decollated MONAI trainer output
+    assert "loss=" not in run(False)
