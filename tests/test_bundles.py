@@ -187,11 +187,9 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
         np.testing.assert_array_equal(written.header["pixdim"], reference.header["pixdim"])
 
 
-def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(datalist, tmp_path):
-    """border_weight, amp (bf16 autocast on CPU), channels_last, cache_device and compile, all switched on;
-    the GPU-only effects (cuDNN autotuning, device caching on a GPU) cannot be measured on a CPU."""
-    from pipeline.precision import AutocastInferer
-
+def run_tiny_training(datalist: Path, bundle_root: Path, **overrides) -> ConfigWorkflow:
+    """Run the UNet++ bundle's train.json through MONAI's ConfigWorkflow with a tiny network, validating every
+    epoch, plus ``overrides``; return the finished workflow."""
     bundle = BUNDLES[0]
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.json"), PROFILE],
@@ -199,13 +197,23 @@ def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(da
         logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type="train",
         datalist=str(datalist),
-        bundle_root=str(tmp_path),
-        epochs=1, val_interval=1, cache_rate=0.0, features=[4, 8, 8, 16, 16], patch_size=[64, 64, 2],
-        border_weight=True, amp=True, channels_last=True, cache_device="cpu",
-        compile=True, compile_kwargs={"backend": "eager"},  # dynamo without a C++ toolchain: the switch, not inductor
+        bundle_root=str(bundle_root),
+        **{"val_interval": 1, "cache_rate": 0.0, "features": [4, 8, 8, 16, 16], "patch_size": [64, 64, 2], **overrides},
     )
     workflow.initialize()
     workflow.run()
+    return workflow
+
+
+def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(datalist, tmp_path):
+    """border_weight, amp (bf16 autocast on CPU), channels_last, cache_device and compile, all switched on;
+    the GPU-only effects (cuDNN autotuning, device caching on a GPU) cannot be measured on a CPU."""
+    from pipeline.precision import AutocastInferer
+
+    workflow = run_tiny_training(
+        datalist, tmp_path, epochs=1, border_weight=True, amp=True, channels_last=True, cache_device="cpu",
+        compile=True, compile_kwargs={"backend": "eager"},  # dynamo without a C++ toolchain: the switch, not inductor
+    )
     trainer = workflow.parser.get_parsed_content("train#trainer")
     sample = trainer.state.output[0]
     assert sample["label"].shape[0] == 2  # label + border weights reached the loss
@@ -220,19 +228,7 @@ def test_border_weights_and_the_gpu_fast_path_switches_train_one_epoch_on_cpu(da
 
 def test_early_stopping_ends_training_when_validation_stops_improving(datalist, tmp_path):
     """min_delta 1.0 is more than Dice can ever gain: the first validation sets the best, the second stops."""
-    bundle = BUNDLES[0]
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / "train.json"), PROFILE],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train",
-        datalist=str(datalist),
-        bundle_root=str(tmp_path),
-        epochs=4, val_interval=1, cache_rate=0.0, features=[4, 8, 8, 16, 16], patch_size=[64, 64, 2],
-        early_stop_patience=1, early_stop_min_delta=1.0,
-    )
-    workflow.initialize()
-    workflow.run()
+    workflow = run_tiny_training(datalist, tmp_path, epochs=4, early_stop_patience=1, early_stop_min_delta=1.0)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2 and trainer.state.max_epochs == 4
     saved = torch.load(tmp_path / "models" / "last.pt", weights_only=True)["trainer"]
