@@ -23,6 +23,7 @@ from pipeline.inferers import (
     DEFAULT_MAX_TILE_VOXELS,
     MeanEnsemble,
     OverlapTileInferer,
+    WindowBudgetInferer,
     mirror_pad,
     segmentation_inferer,
     size_divisor_of,
@@ -575,3 +576,24 @@ def test_overlap_tiles_accumulate_in_float32_under_autocast():
             low = inferer(x, net)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, reference, atol=0.1, rtol=0.05)
+
+
+def test_window_budget_batches_as_many_windows_as_fit():
+    inferer = WindowBudgetInferer([16, 16, -1], max_batch_voxels=1024)
+    assert inferer.windows_per_call((40, 36, 2)) == 2  # 16x16x2 = 512 voxels a window
+    assert inferer.windows_per_call((40, 36, 8)) == 1  # never fewer than one
+    assert WindowBudgetInferer([64, 64, -1], max_batch_voxels=10**4).windows_per_call((40, 36, 2)) == 3  # clipped
+
+
+def test_window_budget_gives_monai_s_result():
+    net = tiny_unetpp(norm="instance")
+    x = torch.randn(1, 4, 40, 36, 2)
+    with torch.no_grad():
+        batched = WindowBudgetInferer([16, 16, -1], overlap=0.5, mode="gaussian")(x, net)
+        one_by_one = SlidingWindowInferer([16, 16, -1], sw_batch_size=1, overlap=0.5, mode="gaussian")(x, net)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_window_budget_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch_voxels"):
+        WindowBudgetInferer([16, 16, -1], max_batch_voxels=0)
