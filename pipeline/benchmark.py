@@ -774,9 +774,9 @@ def bundle_inferer(network: nn.Module, roi: Sequence[int], device: torch.device)
 
 def describe_inferer(inferer: Any) -> str:
     """A short description of what :func:`bundle_inferer` chose, for the tables."""
-    inner = getattr(inferer, "inferer", inferer)
     from monai.inferers import SlidingWindowInferer
 
+    inner = getattr(inferer, "inferer", inferer)
     kind = ("MONAI windows of roi_size (overlap 0.5, gaussian)" if isinstance(inner, SlidingWindowInferer)
             else "`OverlapTileInferer`, grown tiles")
     if getattr(inferer, "enabled", False):

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
+from ignite.handlers import DiskSaver, ProgressBar
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver, EarlyStopHandler, from_engine, stopping_fn_from_metric
 from monai.transforms import apply_transform
 
-from pipeline.distributed import is_distributed, same_on_every_rank
+from pipeline.distributed import is_distributed, rank_and_world_size, same_on_every_rank
 from pipeline.errors import CaseError, root_cause
 from pipeline.io import atomic_write_text
 
@@ -315,8 +315,6 @@ def attach_early_stopping(
     Raises:
         ValueError: a negative ``patience`` or ``min_delta``, or an evaluator without a key metric.
     """
-    from monai.handlers import EarlyStopHandler, stopping_fn_from_metric
-
     if not patience:
         return False
     if int(patience) < 0 or float(min_delta) < 0:
@@ -340,11 +338,6 @@ def attach_progress_bar(trainer: Engine, enabled: bool) -> bool:
     Returns:
         True when a progress bar was attached.
     """
-    from ignite.handlers import ProgressBar
-    from monai.handlers import from_engine
-
-    from pipeline.distributed import rank_and_world_size
-
     if not enabled or rank_and_world_size()[0] != 0:
         return False
     loss = from_engine(["loss"], first=True)

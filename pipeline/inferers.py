@@ -52,7 +52,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, fall_back_tuple
 from torch import nn
 
 from pipeline.precision import AutocastInferer, amp_dtype
@@ -68,6 +68,7 @@ __all__ = [
     "PADDING_MODES",
     "TilePlan",
     "auto_margin",
+    "checked_roi_size",
     "is_valid_conv",
     "mirror_pad",
     "segmentation_inferer",
@@ -295,6 +296,18 @@ def _expand_pairs(pad: Sequence[int | Sequence[int]] | int, spatial_dims: int) -
     return pairs  # type: ignore[return-value]
 
 
+def checked_roi_size(roi_size: Sequence[int] | int) -> tuple[int, ...]:
+    """``roi_size`` as a tuple of ints, each positive or ``-1`` (the whole axis).
+
+    Raises:
+        ValueError: an entry of 0 or below -1.
+    """
+    roi = (int(roi_size),) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
+    if any(r == 0 or r < -1 for r in roi):
+        raise ValueError(f"roi_size entries must be positive or -1 (whole axis), got {roi_size}")
+    return roi
+
+
 def sliding_window_roi(patch_size: Sequence[int], strides: Sequence[Sequence[int] | int]) -> list[int]:
     """The inference window of a network trained on ``patch_size`` patches.
 
@@ -356,8 +369,7 @@ class WindowBudgetInferer(SlidingWindowInferer):
 
     def windows_per_call(self, spatial_shape: Sequence[int]) -> int:
         """Windows per network call for an input of ``spatial_shape`` (MONAI clips the window to the input)."""
-        roi = [int(self.roi_size)] * len(spatial_shape) if isinstance(self.roi_size, int) else list(self.roi_size)
-        window = [size if r <= 0 else min(r, size) for r, size in zip(roi, spatial_shape)]
+        window = [min(r, int(size)) for r, size in zip(fall_back_tuple(self.roi_size, spatial_shape), spatial_shape)]
         return max(1, self.max_batch_voxels // math.prod(window))
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any):
@@ -430,9 +442,7 @@ def segmentation_inferer(
     Raises:
         ValueError: on a ``roi_size`` entry of 0 or below -1.
     """
-    roi = [int(r) for r in roi_size]
-    if any(r == 0 or r < -1 for r in roi):
-        raise ValueError(f"roi_size entries must be positive or -1 (whole axis), got {list(roi_size)}")
+    roi = list(checked_roi_size(roi_size))
     if tile_independent(network) and size_divisor_of(network, len(roi)) is not None:
         inner: Inferer = OverlapTileInferer(roi_size=roi, sw_batch_size=sw_batch_size or 1, max_tile_voxels=max_tile_voxels)
     elif sw_batch_size is None:
@@ -622,9 +632,7 @@ class OverlapTileInferer(Inferer):
         max_tile_voxels: int | None = None,
     ) -> None:
         super().__init__()
-        self.roi_size = (int(roi_size),) if isinstance(roi_size, int) else tuple(int(r) for r in roi_size)
-        if any(r == 0 or r < -1 for r in self.roi_size):
-            raise ValueError(f"roi_size entries must be positive or -1 (whole axis), got {roi_size}")
+        self.roi_size = checked_roi_size(roi_size)
         if int(sw_batch_size) < 1:
             raise ValueError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
         self.sw_batch_size = int(sw_batch_size)
