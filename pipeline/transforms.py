@@ -4,7 +4,7 @@ and the U-Net border weight map for the loss.
 A typical chain (see :func:`preprocessing_transforms`)::
 
     LoadModalitiesd("image", channels=profile.channels, label_key="label")  # checks and stacks
-    LoadImaged("label", reader=image_readers(), ensure_channel_first=True)
+    LoadLabeld("label", image_key="image")                                   # 0/1, on the image's grid
     Spacingd(["image", "label"], pixdim, mode=["bilinear", "nearest"])       # optional, invertible
     Orientationd(["image", "label"], "RAS")                                  # optional, invertible
     NormalizeModalitiesd("image", channels=..., settings=profile.modalities)
@@ -15,6 +15,7 @@ so MONAI's ``Invertd`` brings a prediction back onto that grid exactly.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -28,11 +29,9 @@ from monai.transforms.utils import distance_transform_edt
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 from monai.transforms import (
-    AsDiscreted,
     Rand2DElasticd,
     Randomizable,
     LoadImage,
-    LoadImaged,
     MapTransform,
     NormalizeIntensity,
     Orientationd,
@@ -41,6 +40,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from pipeline.checks import binary_label, constant_channel_note
 from pipeline.data.profiles import DatasetProfile
 from pipeline.errors import CaseError, GeometryError, root_cause
 from pipeline.io import Geometry, format_mm, image_readers, read_geometry
@@ -137,6 +137,36 @@ def check_case_geometry(
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+def check_channel_files(
+    case_id: str | None, channels: Sequence[str], paths: Sequence[str], modalities: Mapping[str, Any] | None
+) -> None:
+    """Check that each channel's file is the one the record's modality map gives for that channel.
+
+    Args:
+        case_id: named in the error.
+        channels: the modality name of each channel, in order.
+        paths: the channel files, in the same order.
+        modalities: the record's ``modality -> file`` map (``None`` or empty: nothing to compare).
+
+    Raises:
+        CaseError: a channel's file is another modality's file (channels swapped or mislabelled), naming
+            the channel, both files and what to do.
+    """
+    if not modalities:
+        return
+    for name, path in zip(channels, paths):
+        expected = modalities.get(name)
+        if expected is None:
+            continue
+        if os.path.normpath(str(expected)) != os.path.normpath(str(path)):
+            raise CaseError(
+                case_id, str(path),
+                f"channel {name} is given the file {str(path)!r} but the record's modality map gives {name} as "
+                f"{str(expected)!r}: the channel list contradicts the modality map (channels swapped?); "
+                "write the datalist again with `python -m pipeline prepare`",
+            )
+
+
 class LoadModalitiesd(MapTransform):
     """Load a case's per-modality files and stack them as channels on the reference modality's grid.
 
@@ -159,12 +189,22 @@ class LoadModalitiesd(MapTransform):
             (bilinear) onto the reference grid.
         tolerance_mm: grid comparison tolerance.
         dtype: dtype of the stacked image.
+        modalities_key: key of the record's ``modality -> file`` map; when the record has one, every
+            channel's file must be the one the map gives for that channel's modality.
+        strict: fail a case with an empty or constant channel instead of warning.
+
+    The stacked image always carries the reference file's geometry (affine and meta), whichever
+    channel is listed first and whichever file has an inconsistent header: the reference file is read
+    even when it is not a channel. An empty or constant channel is warned about (``UserWarning`` naming
+    the case, the file and the channel; an error with ``strict``).
 
     Returns (on call): the dictionary with ``keys`` replaced by a ``MetaTensor`` of shape
     ``(C, *spatial)`` whose meta (affine, file name) is the reference file's.
 
     Raises:
-        CaseError, GeometryError: see :func:`check_case_geometry`.
+        CaseError, GeometryError: see :func:`check_case_geometry`; also a record whose channel list
+            contradicts its modality map (naming both files), and with ``strict`` an empty or
+            constant channel.
     """
 
     def __init__(
@@ -177,10 +217,14 @@ class LoadModalitiesd(MapTransform):
         resample_to_reference: Sequence[str] = (),
         tolerance_mm: float = 0.01,
         dtype: Any = np.float32,
+        modalities_key: str | None = "modalities",
+        strict: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.channels = list(channels) if channels is not None else None
+        self.modalities_key = modalities_key
+        self.strict = bool(strict)
         self.label_key = label_key
         self.reference_key = reference_key
         self.case_key = case_key
@@ -225,12 +269,19 @@ class LoadModalitiesd(MapTransform):
                 resample_to_reference=self.resample_to_reference,
                 tolerance_mm=self.tolerance_mm,
             )
+            if self.modalities_key and self.channels is not None:
+                check_channel_files(case_id, names, paths, d.get(self.modalities_key))
             images = [self._load_channel(case_id, n, p) for n, p in zip(names, paths)]
+            for name, path, image in zip(names, paths, images):
+                note = constant_channel_note(image, case_id, path, name)
+                if note is not None:
+                    if self.strict:
+                        raise CaseError(case_id, path, note.split(": ", 1)[1] + " (refused: strict checks are on)")
+                    warnings.warn(note, UserWarning, stacklevel=2)
             reference_path = str(reference_path or paths[0])
-            reference = images[paths.index(reference_path)] if reference_path in paths else None
-            if any(n in self.resample_to_reference for n in names) and reference is None:
-                reference = self.loader(reference_path)
-            reference = reference if reference is not None else images[0]
+            # The reference's own header gives the case its geometry, never the first channel's.
+            reference = images[paths.index(reference_path)] if reference_path in paths else self._load_channel(
+                case_id, "the reference modality", reference_path)
             for i, name in enumerate(names):
                 if name in self.resample_to_reference and (
                     images[i].shape[1:] != reference.shape[1:] or not torch.allclose(images[i].affine, reference.affine)
@@ -239,6 +290,62 @@ class LoadModalitiesd(MapTransform):
                     images[i] = MetaTensor(resampled.as_tensor(), affine=reference.affine)
             stacked = torch.cat([im.as_tensor() for im in images], dim=0)
             d[key] = MetaTensor(stacked, meta=dict(reference.meta))
+        return d
+
+
+class LoadLabeld(MapTransform):
+    """Load a case's lesion mask onto the stacked image's grid, checked to hold only 0 and 1.
+
+    The mask takes the geometry (affine and meta) of the stacked image of :class:`LoadModalitiesd`, which is the
+    reference file's: :func:`check_case_geometry` has already checked that the label lies on that grid, so
+    an inconsistent label header cannot turn the mask against the image (e.g. mirror it under ``Orientationd``).
+
+    Args:
+        keys: the label key (its value is the mask's path).
+        image_key: the key of the already stacked image whose geometry the mask takes.
+        case_key: the key of the case id, named in errors.
+        label_values: optional mapping of file values to 0/1 (a profile's ``label_values``, e.g. ``{255: 1}``).
+
+    Returns (on call): the dictionary with ``keys`` replaced by a float32 ``MetaTensor`` ``(1, *spatial)`` of 0 and 1.
+
+    Raises:
+        CaseError: the file cannot be read, is not one 3D volume on the image's grid, or holds values other
+            than 0 and 1 after the mapping (the message lists the values found).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        image_key: str = "image",
+        case_key: str = "case_id",
+        label_values: Mapping | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.case_key = case_key
+        self.label_values = dict(label_values or {})
+        self.loader = LoadImage(reader=image_readers(), image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case_id = d.get(self.case_key)
+        image = d.get(self.image_key)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            try:
+                label = self.loader(path)
+            except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
+                raise CaseError(case_id, path, f"cannot read the label: {str(root_cause(err)).strip()}") from err
+            if label.shape[0] != 1:
+                raise CaseError(case_id, path, f"the label holds {label.shape[0]} volumes; one 3D mask is expected")
+            if isinstance(image, torch.Tensor) and tuple(label.shape[1:]) != tuple(image.shape[1:]):
+                raise GeometryError(case_id, path, f"the label's shape {tuple(label.shape[1:])} is not the image's "
+                                                   f"{tuple(image.shape[1:])}")
+            mask = torch.as_tensor(binary_label(label, case_id, path, self.label_values), dtype=torch.float32)
+            meta = dict(image.meta) if isinstance(image, MetaTensor) else dict(label.meta)
+            meta["filename_or_obj"] = path
+            d[key] = MetaTensor(mask, meta=meta)
         return d
 
 
@@ -586,10 +693,7 @@ def preprocessing_transforms(
         )
     ]
     if label_key:
-        chain += [
-            LoadImaged(label_key, reader=image_readers(), image_only=True, ensure_channel_first=True),
-            AsDiscreted(label_key, threshold=0.5),
-        ]
+        chain.append(LoadLabeld(label_key, image_key=image_key, label_values=getattr(profile, "label_values", None)))
     if target_spacing is not None:
         modes = ["bilinear"] + (["nearest"] if label_key else [])
         chain.append(Spacingd(keys, pixdim=tuple(target_spacing), mode=modes))
