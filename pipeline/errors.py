@@ -49,3 +49,38 @@ def root_cause(err: BaseException) -> BaseException:
     while not isinstance(err, CaseError) and err.__cause__ is not None:
         err = err.__cause__
     return err
+
+
+# Exit statuses of the CLI: 2 for bad input (the contract), 1 for anything else that stopped a command.
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def cli_message(err: BaseException) -> tuple[int, str]:
+    """The exit status and the one-paragraph message of the CLI for an exception (no traceback).
+
+    Bad input (:class:`CaseError`, :class:`LayoutError`, ``ValueError``, ``FileNotFoundError``, ``KeyError`` of a
+    missing record field, a malformed JSON file) gives exit status 2 and its own message, which names the case and
+    the file. A file-system error (full disk, permissions) gives 1 with the file and the system's reason.
+    Anything else gives 1 with its type and message and a pointer to ``--debug``.
+
+    Args:
+        err: the exception that ended the command.
+
+    Returns:
+        ``(exit status, message)``; the message starts with ``error:``.
+    """
+    cause = root_cause(err)
+    if isinstance(cause, (CaseError, LayoutError, FileNotFoundError)):
+        return EXIT_BAD_INPUT, f"error: {cause}"
+    if isinstance(err, (CaseError, LayoutError, FileNotFoundError, ValueError)):
+        return EXIT_BAD_INPUT, f"error: {err}"
+    if isinstance(cause, OSError):
+        where = f"{cause.filename}: " if getattr(cause, "filename", None) else ""
+        reason = cause.strerror or str(cause)
+        return EXIT_FAILED, f"error: {where}{reason}; nothing partial was left under the final file names"
+    if isinstance(cause, ValueError):
+        return EXIT_BAD_INPUT, f"error: {cause}"
+    return EXIT_FAILED, (f"error: {type(cause).__name__}: {str(cause).strip() or 'no message'} "
+                         "(an unexpected failure; rerun with --debug for the traceback)")

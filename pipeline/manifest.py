@@ -87,9 +87,9 @@ def manifest_csv(entries: list[ManifestEntry]) -> str:
     return buffer.getvalue()
 
 
-def write_manifest(folder: str | Path, entries: list[ManifestEntry]) -> Path:
-    """Write ``folder/manifest.csv`` atomically. Returns its path."""
-    return atomic_write_text(Path(folder) / MANIFEST_NAME, manifest_csv(entries))
+def write_manifest(path: str | Path, entries: list[ManifestEntry]) -> Path:
+    """Write the manifest to ``path`` (normally ``<output folder>/manifest.csv``) atomically. Returns ``path``."""
+    return atomic_write_text(path, manifest_csv(entries))
 
 
 def read_manifest(folder: str | Path) -> list[ManifestEntry] | None:

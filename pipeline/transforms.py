@@ -15,7 +15,6 @@ so MONAI's ``Invertd`` brings a prediction back onto that grid exactly.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +41,7 @@ from monai.transforms import (
 
 from pipeline.checks import binary_label, constant_channel_note
 from pipeline.data.profiles import DatasetProfile
+from pipeline.data.validation import check_channel_files
 from pipeline.errors import CaseError, GeometryError, root_cause
 from pipeline.io import Geometry, format_mm, image_readers, read_geometry
 
@@ -137,36 +137,6 @@ def check_case_geometry(
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def check_channel_files(
-    case_id: str | None, channels: Sequence[str], paths: Sequence[str], modalities: Mapping[str, Any] | None
-) -> None:
-    """Check that each channel's file is the one the record's modality map gives for that channel.
-
-    Args:
-        case_id: named in the error.
-        channels: the modality name of each channel, in order.
-        paths: the channel files, in the same order.
-        modalities: the record's ``modality -> file`` map (``None`` or empty: nothing to compare).
-
-    Raises:
-        CaseError: a channel's file is another modality's file (channels swapped or mislabelled), naming
-            the channel, both files and what to do.
-    """
-    if not modalities:
-        return
-    for name, path in zip(channels, paths):
-        expected = modalities.get(name)
-        if expected is None:
-            continue
-        if os.path.normpath(str(expected)) != os.path.normpath(str(path)):
-            raise CaseError(
-                case_id, str(path),
-                f"channel {name} is given the file {str(path)!r} but the record's modality map gives {name} as "
-                f"{str(expected)!r}: the channel list contradicts the modality map (channels swapped?); "
-                "write the datalist again with `python -m pipeline prepare`",
-            )
-
-
 class LoadModalitiesd(MapTransform):
     """Load a case's per-modality files and stack them as channels on the reference modality's grid.
 

@@ -159,8 +159,8 @@ def test_two_process_inference_writes_the_same_files_as_one_process(ddp_training
     printed = capsys.readouterr().out
     assert f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 -m monai.bundle run" in printed
     assert "multi_gpu_inference.json" in printed
-    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
-    two = {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").glob("*.nii.gz")}
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").glob("*.nii.gz")}
     assert sorted(one) == ["case_1.nii.gz", "case_2.nii.gz", "case_3.nii.gz"]
     assert sorted(two) == sorted(one)
     for name in one:
@@ -173,9 +173,9 @@ def test_a_failing_case_of_the_sharded_inference_is_reported(ddp_training, datal
     cbv = next((data / "TESTING" / "case_2").glob("SMIR.Brain.XX.O.CT_CBV.*/*.nii"))
     cbv.write_bytes(cbv.read_bytes()[:400])  # truncated; case_2 is rank 1's, the table is rank 0's
     out = tmp_path / "pred"
-    assert sharded_predict(ddp_training, data, out, nproc=2) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["case_1.nii.gz", "case_3.nii.gz", "failures.csv"]
+    assert sharded_predict(ddp_training, data, out, nproc=2) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["case_1.nii.gz", "case_3.nii.gz", "failures.csv", "manifest.csv"]
     with open(out / "failures.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [row["case_id"] for row in rows] == ["case_2"] and cbv.name in rows[0]["error"]
-    assert "case_2" in capsys.readouterr().out
+    assert "case_2" in capsys.readouterr().err

@@ -138,11 +138,11 @@ def test_a_bad_case_is_listed_and_the_others_are_written(dataset, tmp_path, caps
     cbv = next((data / "TESTING" / "case_2").glob("SMIR.Brain.XX.O.CT_CBV.*/*.nii"))
     cbv.write_bytes(cbv.read_bytes()[:400])  # truncated file
     out = tmp_path / "pred"
-    assert predict(dataset, "--input", str(data), "--output", str(out)) == 1
+    assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_3.nii.gz"]
     failures = (out / "failures.csv").read_text()
     assert "case_2" in failures and cbv.name in failures
-    assert "case_2" in capsys.readouterr().out
+    assert "case_2" in capsys.readouterr().err
     # results already there: refused without --overwrite, nothing touched
     before = (out / "case_1.nii.gz").stat().st_mtime_ns
     assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
