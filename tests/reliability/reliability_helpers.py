@@ -1,0 +1,23 @@
+"""Helpers of the reliability tests: the bundle, tiny weights, the predict command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.networks import UNetPlusPlus
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "isles_unetplusplus"
+TINY_FEATURES = [4, 4, 8, 8, 16]
+
+
+def tiny_network(in_channels: int = 4, features=TINY_FEATURES) -> UNetPlusPlus:
+    """The bundle's default UNet++ (strides, kernels) at tiny widths, as ``--set features=...`` builds it."""
+    return UNetPlusPlus(spatial_dims=3, in_channels=in_channels, out_channels=2, strides=[[2, 2, 1]] * 4,
+                        kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                        features=list(features), norm="instance", deep_supervision=True)
+
+
+def predict_args(dataset: Path, *extra: str) -> list[str]:
+    """The argv of ``predict`` with the tiny weights of :func:`small_dataset`."""
+    return ["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
+            "--set", "features=[" + ",".join(map(str, TINY_FEATURES)) + "]", *extra]
