@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.allocator import keep_freed_memory
 from pipeline.data.datalist import ALL_FOLDS
-from pipeline.errors import CaseError, LayoutError
+from pipeline.errors import EXIT_INTERRUPTED, CaseError, LayoutError, cli_message
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -54,8 +54,21 @@ def command_synth(args: argparse.Namespace) -> int:
 
 
 def command_prepare(args: argparse.Namespace) -> int:
-    """``prepare --root DIR [--layout ...] --out datalist.json [--folds 5] [--seed S] ...``."""
-    from pipeline.data.datalist import build_datalist, select_channels, write_datalist
+    """``prepare --root DIR [--layout ...] --out datalist.json [--folds 5] [--seed S] [--skip-incomplete] ...``.
+
+    Every per-case problem is found before anything is written and reported together, naming the case, the
+    file and the reason: a case the layout reader cannot read (an empty or ambiguous modality folder, an
+    unreadable folder), a missing channel or label, and a file whose content is unusable (unreadable, an
+    unsupported data type such as bool or complex, off the reference grid, a label whose values are not
+    0/1 after the profile's ``label_values``). Without ``--skip-incomplete`` any of them fails the command
+    and nothing is written; with it, those cases are left out and listed in ``skipped_cases.csv`` beside the
+    datalist. An empty or constant channel is a warning, listed in ``case_notes.csv`` and the fingerprint
+    summary (``strict``, when the parser offers it, fails such a case instead).
+    """
+    import csv
+    import io
+
+    from pipeline.data.datalist import build_datalist, natural_key, select_channels, write_datalist
     from pipeline.data.fingerprint import compute_fingerprint, format_summary, summarize_fingerprint, write_fingerprint
     from pipeline.data.layouts import discover_cases
     from pipeline.data.profiles import load_profile
@@ -63,37 +76,76 @@ def command_prepare(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     out = Path(args.out)
+    skip_incomplete = bool(args.skip_incomplete)
+    strict = bool(getattr(args, "strict", False))
     profile = load_profile(args.profile) if args.profile else None
-    layout, profile, records = discover_cases(root, args.layout, profile)
+    problems: list[dict] = []  # per-case problems: {"case_id", "split", "file", "reason"}
+    layout, profile, records = discover_cases(root, args.layout, profile, problems=problems)
     how = "detected" if args.layout == "auto" else "as asked"
-    print(f"prepare: {root} read as layout {layout!r} ({how}), profile {profile.name!r}: {len(records)} cases found")
+    print(f"prepare: {root} read as layout {layout!r} ({how}), profile {profile.name!r}: "
+          f"{len(records) + len(problems)} cases found")
     if args.channels:
         profile = profile.with_channels([c.strip() for c in args.channels.split(",") if c.strip()])
     print(f"  channels in order: {', '.join(profile.channels)}")
     inputs = {Path(p).resolve() for r in records for p in [*r.modalities.values(), r.label] if p}
     if out.resolve() in inputs | {root.resolve()}:
         raise CaseError(None, str(out), "--out names an input of the dataset; choose another datalist path")
-    kept, skipped = select_channels(records, profile, skip_incomplete=args.skip_incomplete)
+
+    # Missing channels (or a training case's label): named by the file the layout expected, else the case folder.
+    complete, incomplete = select_channels(records, profile, skip_incomplete=True)
+    by_key = {(r.case_id, r.split): r for r in records}
+    label_name = profile.label_modality or "label"
+    for item in incomplete:
+        record = by_key[(item["case_id"], item["split"])]
+        expected = record.extra.get("missing_files", {}) if isinstance(record.extra, dict) else {}
+        first = item["missing"][0]
+        found = sorted(list(record.modalities) + ([label_name] if record.label else []))
+        problems.append({
+            "case_id": item["case_id"], "split": item["split"],
+            "file": expected.get("label" if first == label_name else first) or record.folder,
+            "reason": f"missing modality {', '.join(repr(m) for m in item['missing'])} "
+                      f"(found: {', '.join(found) or 'none'}); add it or choose other channels with --channels",
+        })
+
+    # The files' content: data types, grids, label values, empty or constant channels.
+    notes: list[dict] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table, failures = compute_fingerprint(kept, profile)
+        table, failures = compute_fingerprint(complete, profile, strict=strict, notes=notes)
     for note in sorted({str(w.message) for w in caught if "pixdim" in str(w.message)}):
         print(f"  warning: {note}")
-    if failures and not args.skip_incomplete:
-        details = "\n".join(f"  {f['error']}" for f in failures)
+    problems += [{"case_id": f["case_id"], "split": f["split"], "file": f.get("file"),
+                  "reason": f.get("reason") or f["error"]} for f in failures]
+    problems.sort(key=lambda p: (p["split"] != "training", natural_key(str(p["case_id"]))))
+
+    def described(p: dict) -> str:
+        where = f"case {p['case_id']!r} ({p['split']})" + (f", file {str(p['file'])!r}" if p.get("file") else "")
+        return f"  {where}: {p['reason']}"
+
+    if problems and not skip_incomplete:
         raise CaseError(
-            failures[0]["case_id"],
-            None,
-            f"{len(failures)} case(s) cannot be used; nothing was written. Fix them or leave them out with "
-            f"--skip-incomplete:\n{details}",
+            problems[0]["case_id"],
+            problems[0].get("file"),
+            f"{len(problems)} case(s) cannot be used; nothing was written. Fix them or leave them out with "
+            "--skip-incomplete:\n" + "\n".join(described(p) for p in problems),
         )
-    failed = {f["case_id"] + "/" + f["split"] for f in failures}
-    kept = [r for r in kept if f"{r.case_id}/{r.split}" not in failed]
-    skipped = list(skipped) + [{"case_id": f["case_id"], "split": f["split"], "missing": f["error"]} for f in failures]
-    if not any(r.split == "training" for r in kept) and not any(r.split == "testing" for r in kept):
-        raise LayoutError(f"{root}: no usable case left")
+    left_out = {(p["case_id"], p["split"]) for p in problems}
+    kept = [r for r in complete if (r.case_id, r.split) not in left_out]
+    if not kept:
+        raise LayoutError(
+            f"{root}: no usable case left; nothing was written. Every case was left out:\n"
+            + "\n".join(described(p) for p in problems)
+        )
+    for note in notes[:20]:
+        print(f"  warning: {note['note']}")
+    if len(notes) > 20:
+        print(f"  warning: and {len(notes) - 20} more empty or constant channel(s), listed in case_notes.csv")
+
     datalist = build_datalist(kept, profile, layout, root, out, n_folds=args.folds, seed=args.seed)
     summary = summarize_fingerprint(table, profile)
+    if summary.get("cases"):
+        summary["channel_notes"] = [dict(n) for n in notes]
+        summary["skipped_cases"] = [dict(p, file=None if p.get("file") is None else str(p["file"])) for p in problems]
     fingerprint_dir = Path(args.fingerprint_dir) if args.fingerprint_dir else out.parent
     _, fingerprint_json = write_fingerprint(table, summary, fingerprint_dir)
     plans = None
@@ -113,11 +165,28 @@ def command_prepare(args: argparse.Namespace) -> int:
             f"  wrote {fingerprint_dir / 'plans.json'}: {plans['configuration']}, patch {plans['patch_size']}, "
             f"strides {plans['strides']}, batch {plans['batch_size']}"
         )
-    if skipped:
-        atomic_write_text(out.parent / "skipped_cases.csv", "case_id,split,reason\n" + "".join(
-            f"{s['case_id']},{s['split']},\"{str(s['missing']).replace(chr(34), chr(39))}\"\n" for s in skipped))
-        print(f"  left out {len(skipped)} case(s) (listed in {out.parent / 'skipped_cases.csv'}):")
-        _print_table(skipped, ["case_id", "split", "missing"])
+
+    def write_csv(name: str, rows: list[dict], columns: list[str]) -> Path:
+        """Write ``rows`` beside the datalist, or remove an older run's file of that name when there are none."""
+        path = out.parent / name
+        if not rows:
+            path.unlink(missing_ok=True)
+            return path
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: "" if r.get(c) is None else str(r[c]) for c in columns} for r in rows)
+        return atomic_write_text(path, text.getvalue())
+
+    skipped_csv = write_csv("skipped_cases.csv", problems, ["case_id", "split", "file", "reason"])
+    notes_csv = write_csv("case_notes.csv", notes, ["case_id", "split", "channel", "file", "note"])
+    if problems:
+        print(f"  left out {len(problems)} case(s) (listed in {skipped_csv}):")
+        for p in problems:
+            print(described(p))
+    if notes:
+        print(f"  {len(notes)} empty or constant channel(s) in {len({(n['case_id'], n['split']) for n in notes})} "
+              f"kept case(s) (listed in {notes_csv})")
     print(format_summary(summary))
     return 0
 
@@ -233,25 +302,36 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     """``evaluate --pred DIR --truth DIR|datalist.json --out metrics.csv [--baseline threshold] [--images datalist.json] [--report DIR]``.
 
-    Exit status 0 when every paired case was scored (unpaired files are listed and warned about);
-    2 when a case failed (each failure names the case and its files) or the input is unusable.
+    Exit status 0 when every paired case was scored (predictions without truth are listed and warned about);
+    2 when a case failed (a mask whose values are not {0, 1}, another grid, a case the manifest lists as
+    failed or missing: each failure names the case and its files), when a prediction file was refused (not
+    written by the run that the folder's manifest describes, or a name that fits records of two splits),
+    when nothing could be paired and scored, or when the input is unusable. The other cases are scored and
+    written whatever one case does.
     """
     from pipeline.evaluation import evaluate_predictions, format_summary
+
+    def print_warnings(caught) -> None:
+        for note in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+            print(f"  warning: {note}")
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_predictions(
-            args.pred, args.truth, args.out, baseline=args.baseline, images=args.images,
-            tolerance_mm=args.tolerance_mm,
-        )
+        try:
+            result = evaluate_predictions(
+                args.pred, args.truth, args.out, baseline=args.baseline, images=args.images,
+                tolerance_mm=args.tolerance_mm, split=getattr(args, "split", None),
+            )
+        except (CaseError, LayoutError, FileNotFoundError, ValueError):
+            print_warnings(caught)  # e.g. that the folder has no manifest: it helps to read the error
+            raise
     counts = result.summary["counts"]
     print(
         f"evaluate: {counts['predictions']} prediction(s) in {args.pred}, {counts['truth_cases']} truth case(s) from "
         f"{args.truth} ({result.summary['truth_kind']}): {counts['scored']} scored in {time.perf_counter() - start:.1f} s"
     )
-    for note in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-        print(f"  warning: {note}")
+    print_warnings(caught)
     print(format_summary(result.summary))
     for name, path in result.files.items():
         print(f"  wrote {name}: {path}")
@@ -262,9 +342,16 @@ def command_evaluate(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", UserWarning)
             report = write_report(args.report, result, logs=args.logs or ())
         print(f"  wrote report: {report}")
+    lines = []
     if result.failures:
-        lines = [f"{len(result.failures)} case evaluation(s) failed; the other cases were scored and written:"]
+        lines += [f"{len(result.failures)} case evaluation(s) failed; the other cases were scored and written:"]
         lines += [f"  {f['error']}" for f in result.failures]
+    if result.refused_predictions:
+        lines += [f"{len(result.refused_predictions)} prediction file(s) refused, not scored:"]
+        lines += [f"  {r['prediction']}: {r['reason']}" for r in result.refused_predictions]
+    if counts["scored"] == 0:
+        lines += [f"no case was scored ({counts['paired']} paired with a truth case)"]
+    if lines:
         print("error: " + "\n".join(lines), file=sys.stderr)
         return 2
     return 0
@@ -296,9 +383,13 @@ def command_benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m pipeline``."""
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of the message")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of a failure instead of the message")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic ISLES-2018-layout dataset (the embedded default)")
+    p = sub.add_parser("synth", parents=[common], help="write the synthetic ISLES-2018-layout dataset (the embedded default)")
     p.add_argument("out", help="output folder")
     p.add_argument("--cases", type=int, default=24, help="training cases (default 24)")
     p.add_argument("--test-cases", type=int, default=None, help="test cases (default cases // 3)")
@@ -306,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
     p.set_defaults(func=command_synth)
 
-    p = sub.add_parser("prepare", help="read a dataset layout and write an MSD-style datalist with folds and a fingerprint")
+    p = sub.add_parser("prepare", parents=[common], help="read a dataset layout and write an MSD-style datalist with folds and a fingerprint")
     p.add_argument("--root", required=True, help="dataset root folder (or an MSD datalist JSON)")
     p.add_argument("--layout", default="auto", choices=["auto", "isles2018", "isles2022", "nnunet", "msd"])
     p.add_argument("--out", required=True, help="datalist JSON to write")
@@ -317,9 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-incomplete", action="store_true",
                    help="leave out (and list) cases with a missing modality or unusable files instead of failing")
     p.add_argument("--fingerprint-dir", default=None, help="where fingerprint.csv/json go (default: beside --out)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (or, with --skip-incomplete, leave out) a case with an empty or constant channel")
     p.set_defaults(func=command_prepare)
 
-    p = sub.add_parser("train", help="train a bundle on one fold (wraps `python -m monai.bundle run`)")
+    p = sub.add_parser("train", parents=[common], help="train a bundle on one fold (wraps `python -m monai.bundle run`)")
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
     p.add_argument("--datalist", required=True, help="datalist written by prepare")
     p.add_argument("--fold", type=fold_argument, default=0,
@@ -331,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle config override, e.g. --set learning_rate=0.003 (repeatable)")
     p.set_defaults(func=command_train)
 
-    p = sub.add_parser("predict", help="predict with a bundle's inference config; outputs on the native grid")
+    p = sub.add_parser("predict", parents=[common], help="predict with a bundle's inference config; outputs on the native grid")
     p.add_argument("--bundle", required=True, help="bundle folder, e.g. bundles/isles_unetplusplus")
     p.add_argument("--input", required=True, help="a dataset folder (any known layout) or a datalist JSON")
     p.add_argument("--output", required=True, help="folder the predictions are written to")
@@ -345,13 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", default=None,
                    help="plans.json the network was trained with (default: trained_plans.json beside the checkpoint, if any)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
+    p.add_argument("--strict", action="store_true",
+                   help="fail a case with an empty or constant channel instead of warning about it")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes (one per GPU): shards the cases under torch.distributed.run with configs/multi_gpu_inference.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="bundle config override, e.g. --set inferer#sw_batch_size=4 (repeatable)")
     p.set_defaults(func=command_predict)
 
-    p = sub.add_parser("evaluate", help="score predicted masks against the ground truth (ISLES metrics, clinical volumes)")
+    p = sub.add_parser("evaluate", parents=[common], help="score predicted masks against the ground truth (ISLES metrics, clinical volumes)")
     p.add_argument("--pred", required=True, help="folder of predicted masks: <case_id>.nii.gz, SMIR.<name>.<ID>.nii or <sub>_ses-X_msk.nii.gz")
     p.add_argument("--truth", required=True,
                    help="datalist JSON, dataset root, TESTING_GROUND_TRUTH folder, or a folder of <case_id> masks")
@@ -362,18 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="DIR", help="also write the report (report.md and PNGs) to DIR")
     p.add_argument("--logs", action="append", metavar="PATH",
                    help="training logs for the report: TensorBoard event folder or CSV with an epoch column (repeatable)")
+    p.add_argument("--split", default=None, choices=["training", "testing"],
+                   help="with a datalist as --truth: pair with the records of this split only (default: the split "
+                        "the prediction names and the manifest tell)")
     p.add_argument("--tolerance-mm", type=float, default=0.01,
                    help="allowed difference of spacing, directions and origin between a prediction and its truth")
     p.set_defaults(func=command_evaluate)
 
-    p = sub.add_parser("report", help="write the report of an earlier evaluation and/or the training curves")
+    p = sub.add_parser("report", parents=[common], help="write the report of an earlier evaluation and/or the training curves")
     p.add_argument("--out", required=True, help="report folder (report.md, cases/*.png, training_curves.png)")
     p.add_argument("--metrics", default=None, help="the per-case CSV written by evaluate --out (its summary JSON beside it)")
     p.add_argument("--logs", action="append", metavar="PATH",
                    help="TensorBoard event folder or CSV with an epoch column (repeatable)")
     p.set_defaults(func=command_report)
 
-    p = sub.add_parser("benchmark", help="the performance table (benchmarks/results.md): inference, tiling, pruning, training, memory")
+    p = sub.add_parser("benchmark", parents=[common], help="the performance table (benchmarks/results.md): inference, tiling, pruning, training, memory")
     p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results.md of the project)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run, not figures")
     p.add_argument("--repeats", type=int, default=None, help="repeats of every timed row (default 3; 1 with --quick)")
@@ -390,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default=None, help="the UNet++ bundle (default bundles/isles_unetplusplus)")
     p.set_defaults(func=command_benchmark)
 
-    p = sub.add_parser("demo", help="the main job end to end on the embedded synthetic data")
+    p = sub.add_parser("demo", parents=[common], help="the main job end to end on the embedded synthetic data")
     p.add_argument("--workdir", default="demo_output")
     p.add_argument("--cases", type=int, default=24, help="training cases (default 24)")
     p.add_argument("--test-cases", type=int, default=16, help="held-out test cases (default 16)")
@@ -405,13 +503,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 with a one-paragraph message on bad input)."""
+    """Run the CLI; returns the exit status.
+
+    Bad input ends a command with one paragraph on stderr naming the case and the file, and exit status 2
+    (:func:`pipeline.errors.cli_message`); Ctrl-C with 130. ``--debug`` (before or after the command) shows the
+    traceback instead.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CaseError, LayoutError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {args.command} interrupted; files already written are complete, partial ones were removed; "
+              "run the same command again to resume or redo it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - every failure becomes the contract's message unless --debug
+        if getattr(args, "debug", False):
+            raise
+        status, message = cli_message(err)
+        print(message, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

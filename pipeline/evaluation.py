@@ -11,7 +11,22 @@ The truth is a datalist JSON (labelled records of both splits), a flat folder of
 a dataset root in a known layout (its labelled cases, plus ``TESTING_GROUND_TRUTH/`` when present),
 or the synthetic ``TESTING_GROUND_TRUTH`` folder itself. A prediction without truth and a truth without
 prediction are listed (rows with status ``no_truth`` / ``no_prediction``) and warned about; a case that
-cannot be scored (another grid, unreadable file) is a failure naming its files, and the others go on.
+cannot be scored (another grid, unreadable file, a mask whose values are not {0, 1}) is a failure naming
+its files, and the others go on.
+
+Which files are predictions: image files (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``) under ``--pred``;
+``manifest.csv``, ``failures.csv``, ``*_probabilities.npz`` and hidden files (``.``-names, the partial
+files of atomic writes) never are. When the folder holds ``predict``'s ``manifest.csv``, only the files it
+lists as ``written`` are scored: any other prediction file (a stale result of an older run, a file copied
+in) is refused by name (status ``refused``), a case the manifest lists as ``failed`` is a failed case,
+and a listed file that is missing is an error. Without a manifest every prediction file is scored, with a
+warning that nothing tells which run wrote them.
+
+Splits: a datalist or dataset root holds training and test cases that may share a case id
+(ISLES 2018's ``case_1``...). A prediction is paired with the record of the split its name matches; when
+its name matches a record of each split, the split of the run decides (the one split that the other
+predictions, and the manifest's cases, match on their own); when that is not known the prediction is
+refused, naming both records, so that a test prediction is never scored against a training label.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import math
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,10 +47,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.baseline import threshold_rule
+from pipeline.checks import binary_label, parse_label_values
 from pipeline.data.datalist import load_datalist, natural_key, strip_image_suffix
 from pipeline.data.layouts import detect_layout, discover_cases
 from pipeline.errors import CaseError, LayoutError
 from pipeline.io import Geometry, atomic_path, atomic_write_json, read_array, read_geometry
+from pipeline.manifest import FAILED, MANIFEST_NAME, WRITTEN, ManifestEntry, read_manifest
 from pipeline.metrics import METRIC_NAMES, case_metrics, volume_ml
 from pipeline.transforms import grid_difference
 
@@ -51,6 +69,15 @@ GROUND_TRUTH_FOLDER = "TESTING_GROUND_TRUTH"
 _SMIR_RE = re.compile(r"^SMIR\..*\.(\d+)$", re.IGNORECASE)
 _ISLES22_RE = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:_[A-Za-z0-9-]+)*$")
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+FAILURES_CSV = "failures.csv"
+# Files a prediction folder may hold beside the masks; never taken for predictions.
+NOT_PREDICTIONS = (MANIFEST_NAME, FAILURES_CSV)
+PROBABILITIES_SUFFIX = "_probabilities.npz"
+PREDICTION_PATTERNS = (
+    "<case_id>.nii.gz (or .nii, .mha, .nrrd)",
+    "SMIR.<name>.<ID>.nii (ID: the SMIR id of the case's CT_MTT folder)",
+    "<sub>_ses-XXXX_msk.nii.gz",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +95,8 @@ class EvaluationCase:
         modalities: modality name -> image file (CBF, Tmax, ...), empty when unknown.
         key: the name the case goes by in the tables: ``case_id``, or ``<split>/<case_id>`` when two
             truth cases share a case id (ISLES 2018 training and test cases are both ``case_1``...).
+        label_values: the dataset profile's mapping of label file values to 0/1 (``{255: 1}``), when the
+            truth comes with a profile that declares one; the label must hold {0, 1} after it.
     """
 
     case_id: str
@@ -76,6 +105,7 @@ class EvaluationCase:
     smir_id: str | None = None
     modalities: dict[str, str] = field(default_factory=dict)
     key: str = ""
+    label_values: dict | None = None
 
     def __post_init__(self):
         if not self.key:
@@ -109,18 +139,30 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     geometry = read_geometry(path)
     try:
         data = read_array(path)
-    except (OSError, RuntimeError, EOFError, nib.filebasedimages.ImageFileError) as err:
+    except (OSError, RuntimeError, EOFError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err})") from err
+    except (ValueError, TypeError) as err:  # truncated uncompressed data, an unsupported data type
         raise ValueError(f"{path}: cannot read the image ({err})") from err
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     return np.asarray(data), geometry
 
 
+def is_prediction_name(name: str) -> bool:
+    """Whether a file name can be a prediction: an image suffix, not hidden, not ``manifest.csv``,
+    ``failures.csv`` or a ``*_probabilities.npz`` map."""
+    lower = name.lower()
+    return (
+        not name.startswith(".") and name not in NOT_PREDICTIONS and not lower.endswith(PROBABILITIES_SUFFIX)
+        and lower.endswith(_MASK_SUFFIXES)
+    )
+
+
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
     paths = folder.rglob("*") if recursive else folder.iterdir()
     found = [
         p for p in paths
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_MASK_SUFFIXES)
+        if p.is_file() and is_prediction_name(p.name)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     return sorted(found, key=lambda p: natural_key(str(p.relative_to(folder))))
@@ -129,7 +171,8 @@ def _image_files(folder: Path, recursive: bool) -> list[Path]:
 def find_predictions(pred_dir: str | Path) -> list[Path]:
     """List the prediction files under ``pred_dir`` (recursively; ``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``).
 
-    Hidden files and folders are skipped.
+    Hidden files and folders, ``manifest.csv``, ``failures.csv`` and ``*_probabilities.npz`` are skipped;
+    the manifest is not consulted (see :func:`select_predictions`).
 
     Raises:
         FileNotFoundError: ``pred_dir`` is not a folder.
@@ -140,7 +183,63 @@ def find_predictions(pred_dir: str | Path) -> list[Path]:
     return _image_files(pred_dir, recursive=True)
 
 
-def _datalist_cases(path: Path) -> list[EvaluationCase]:
+def _profile_label_values(profile: Any, where: str) -> dict | None:
+    """A profile's ``label_values`` (read with ``getattr``/``.get``: absent means no mapping), validated."""
+    values = profile.get("label_values") if isinstance(profile, dict) else getattr(profile, "label_values", None)
+    if not values:
+        return None
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{where}: label_values must map label file values to 0 or 1 (e.g. {{255: 1}}); got {values!r}"
+        )
+    try:
+        parse_label_values(values)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    return dict(values)
+
+
+def datalist_label_values(path: str | Path) -> dict | None:
+    """The ``label_values`` of the dataset profile a datalist names (``profile``; ``isles2018`` when it names
+    none), or ``None`` when the profile declares none or cannot be found (with a warning when the datalist
+    named it).
+
+    Raises:
+        ValueError: the datalist is not readable JSON, or the profile or its ``label_values`` is malformed.
+    """
+    from pipeline.bundles import profile_path
+    from pipeline.data.profiles import load_profile
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"datalist {str(path)!r} is not readable JSON: {err}") from err
+    if not isinstance(data, dict):
+        return None
+    profile = profile_path(data)
+    if not profile.is_absolute() and not profile.is_file() and (path.parent / profile).is_file():
+        profile = path.parent / profile
+    if not profile.is_file():
+        if data.get("profile"):
+            warnings.warn(
+                f"datalist {str(path)!r} names profile {data['profile']!r}, which is not found ({profile}); "
+                "its labels are read without a value mapping (they must hold 0 and 1)",
+                UserWarning, stacklevel=3,
+            )
+        return None
+    import yaml
+
+    try:
+        loaded = load_profile(profile)
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"profile {str(profile)!r} (of datalist {str(path)!r}) is not readable YAML: {err}") from err
+    return _profile_label_values(loaded, f"profile {profile} (of datalist {path})")
+
+
+def _datalist_cases(path: Path, labels: bool = True) -> list[EvaluationCase]:
+    """The records of both splits; ``labels``: with the profile's ``label_values`` (a truth datalist)."""
+    label_values = datalist_label_values(path) if labels else None
     cases = []
     for split in ("training", "testing"):
         try:
@@ -162,6 +261,7 @@ def _datalist_cases(path: Path) -> list[EvaluationCase]:
                     split=record.get("split", split),
                     smir_id=None if record.get("smir_id") is None else str(record["smir_id"]),
                     modalities=dict(record.get("modalities") or {}),
+                    label_values=label_values,
                 )
             )
     return cases
@@ -193,9 +293,12 @@ def _ground_truth_cases(folder: Path) -> list[EvaluationCase]:
 
 
 def _layout_cases(root: Path) -> list[EvaluationCase]:
-    _, _, records = discover_cases(root)
+    _, profile, records = discover_cases(root)
+    where = f"profile {getattr(profile, 'path', None) or getattr(profile, 'name', '')}"
+    label_values = _profile_label_values(profile, where)
     cases = [
-        EvaluationCase(r.case_id, r.label, r.split, r.smir_id, dict(r.modalities)) for r in records
+        EvaluationCase(r.case_id, r.label, r.split, r.smir_id, dict(r.modalities), label_values=label_values)
+        for r in records
     ]
     ground_truth = root / GROUND_TRUTH_FOLDER
     if (ground_truth / GROUND_TRUTH_CSV).is_file():
@@ -278,25 +381,29 @@ def _find_image_case(case: EvaluationCase, images: list[EvaluationCase]) -> Eval
     return found[0] if len(found) == 1 else None
 
 
-def load_truth_cases(truth: str | Path, images: str | Path | None = None) -> tuple[str, list[EvaluationCase]]:
-    """The labelled cases of ``truth``, with their modality files from ``images`` where they lack them.
+def load_truth_records(truth: str | Path, images: str | Path | None = None) -> tuple[str, list[EvaluationCase]]:
+    """Every case of ``truth``, labelled or not, the labelled ones with their modality files from ``images``
+    where they lack them and unique ``key`` values.
+
+    The unlabelled records are kept so that a prediction can be told apart by split: a test prediction
+    whose id names an unlabelled test record and a labelled training record is not the training case's.
 
     Args:
-        truth: see :func:`load_cases`; cases without a label are left out.
+        truth: see :func:`load_cases`.
         images: a datalist JSON whose records give the cases' modality files (CBF, Tmax...), matched
             by SMIR id, else by case id (and split when both are known).
 
     Returns:
-        ``(kind, cases)``, with unique ``key`` values.
+        ``(kind, records)``.
 
     Raises:
         FileNotFoundError, LayoutError, CaseError, ValueError: as :func:`load_cases`, or two labelled
             cases share a case id and a split.
     """
-    kind, cases = load_cases(truth)
-    cases = [c for c in cases if c.label]
+    kind, records = load_cases(truth)
+    cases = [c for c in records if c.label]
     if images is not None:
-        image_cases = _datalist_cases(Path(images)) if Path(images).is_file() else load_cases(images)[1]
+        image_cases = _datalist_cases(Path(images), labels=False) if Path(images).is_file() else load_cases(images)[1]
         unknown = []
         for case in cases:
             if not case.modalities:
@@ -314,7 +421,25 @@ def load_truth_cases(truth: str | Path, images: str | Path | None = None) -> tup
                 UserWarning, stacklevel=2,
             )
     _assign_keys(cases)
-    return kind, cases
+    return kind, records
+
+
+def load_truth_cases(truth: str | Path, images: str | Path | None = None) -> tuple[str, list[EvaluationCase]]:
+    """The labelled cases of ``truth``, with their modality files from ``images`` where they lack them.
+
+    Args:
+        truth: see :func:`load_cases`; cases without a label are left out.
+        images: see :func:`load_truth_records`.
+
+    Returns:
+        ``(kind, cases)``, with unique ``key`` values.
+
+    Raises:
+        FileNotFoundError, LayoutError, CaseError, ValueError: as :func:`load_cases`, or two labelled
+            cases share a case id and a split.
+    """
+    kind, records = load_truth_records(truth, images)
+    return kind, [c for c in records if c.label]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,41 +494,128 @@ def resolve_prediction(path: str | Path, cases: Sequence[EvaluationCase]) -> tup
     return None, f"no case with {' or '.join(tried)}"
 
 
+def describe_record(case: EvaluationCase) -> str:
+    """A record as a message names it: split, case id, and its label (or an image) file."""
+    text = f"{case.split or 'unsplit'} record {case.case_id!r}"
+    if case.label:
+        text += f" (label {case.label}"
+    else:
+        image = next(iter(case.modalities.values()), None)
+        text += f" (no label{f', image {image}' if image else ''}"
+    return text + (f", SMIR id {case.smir_id})" if case.smir_id else ")")
+
+
+def _matches(names: Sequence[tuple[str, str]], records: Sequence[EvaluationCase],
+             split: str | None) -> tuple[str, list[EvaluationCase]]:
+    """The records that the first matching reading of a name fits (of ``split`` when given), and that reading."""
+    tried = []
+    for kind, value in names:
+        if kind == "smir_id":
+            found = [c for c in records if c.smir_id == value]
+        else:
+            found = [c for c in records if c.case_id == value]
+        if split is not None:
+            found = [c for c in found if c.split == split]
+        if found:
+            return f"{kind} {value!r}", found
+        tried.append(f"{kind} {value!r}")
+    return " or ".join(tried), []
+
+
+def _choose(reading: str, found: list[EvaluationCase], run_split: str | None) -> tuple[EvaluationCase | None, str]:
+    """The one record of ``found``; across splits, the one of ``run_split``. Else ``(None, why)``."""
+    if len(found) == 1:
+        return found[0], ""
+    splits = [c.split for c in found]
+    if run_split is not None and splits.count(run_split) == 1 and None not in splits:
+        return next(c for c in found if c.split == run_split), ""
+    if len(set(splits)) > 1:
+        why = (
+            f"{reading} names records of several splits: {'; '.join(describe_record(c) for c in found)}; "
+            "nothing tells which split this prediction belongs to, so it is not scored against either "
+            "(evaluate one split's truth, e.g. TESTING_GROUND_TRUTH, or name predictions by SMIR id with "
+            "--format isles2018)"
+        )
+    else:
+        why = f"{reading} fits several records: {'; '.join(describe_record(c) for c in found)}"
+    return None, why
+
+
+def infer_run_split(readings: Sequence[list[EvaluationCase]]) -> str | None:
+    """The split of a run: the one split that every name matching a single record points to, or ``None``
+    (no such name, or names of both splits)."""
+    splits = {found[0].split for found in readings if len(found) == 1}
+    return next(iter(splits)) if len(splits) == 1 and None not in splits else None
+
+
 @dataclass
 class Pairing:
     """How prediction files were paired with truth cases.
 
     Attributes:
         pairs: ``(case, prediction file)`` in the cases' order.
-        unmatched_predictions: ``(file, why)`` for predictions with no truth case.
+        unmatched_predictions: ``(file, why)`` for predictions with no labelled truth case.
         missing_predictions: truth cases with no prediction.
         duplicates: ``(case, [files])`` for cases that several prediction files name.
+        refused: ``(file, why)`` for predictions whose name fits several records (of different splits,
+            when the run's split is not known): not scored, and an error.
+        without_label: ``(file, record)`` for predictions of a record that has no label (also in
+            ``unmatched_predictions``).
+        run_split: the split the predictions were found to belong to (see :func:`infer_run_split`).
     """
 
     pairs: list[tuple[EvaluationCase, Path]]
     unmatched_predictions: list[tuple[Path, str]]
     missing_predictions: list[EvaluationCase]
     duplicates: list[tuple[EvaluationCase, list[Path]]]
+    refused: list[tuple[Path, str]] = field(default_factory=list)
+    without_label: list[tuple[Path, EvaluationCase]] = field(default_factory=list)
+    run_split: str | None = None
 
 
-def pair_predictions(predictions: Sequence[str | Path], cases: Sequence[EvaluationCase]) -> Pairing:
+def pair_predictions(
+    predictions: Sequence[str | Path],
+    cases: Sequence[EvaluationCase],
+    records: Sequence[EvaluationCase] | None = None,
+    split: str | None = None,
+    run_case_ids: Sequence[str] = (),
+) -> Pairing:
     """Pair prediction files with truth cases by case id, SMIR submission name or ISLES 2022 name.
 
     Args:
         predictions: prediction files.
-        cases: truth cases (unique ``key`` values).
+        cases: labelled truth cases (unique ``key`` values).
+        records: every record of the truth, labelled or not (``cases`` among them, as the same objects);
+            default ``cases``. A prediction naming an unlabelled record is that record's, not a
+            labelled namesake's of the other split.
+        split: pair with records of this split only (``None``: any).
+        run_case_ids: more case ids of the run (a manifest's cases), used to tell the run's split.
 
     Returns:
         The :class:`Pairing`.
     """
+    records = list(cases) if records is None else list(records)
+    readings = [(Path(path), *_matches(prediction_names(path), records, split)) for path in predictions]
+    run_split = split or infer_run_split(
+        [found for _, _, found in readings] + [_matches([("case_id", i)], records, None)[1] for i in run_case_ids]
+    )
     chosen: dict[str, list[Path]] = {}
     unmatched: list[tuple[Path, str]] = []
-    for path in predictions:
-        case, why = resolve_prediction(path, cases)
+    refused: list[tuple[Path, str]] = []
+    without_label: list[tuple[Path, EvaluationCase]] = []
+    for path, reading, found in readings:
+        if not found:
+            where = f" of split {split!r}" if split else ""
+            unmatched.append((path, f"no case{where} with {reading}"))
+            continue
+        case, why = _choose(reading, found, run_split)
         if case is None:
-            unmatched.append((Path(path), why or ""))
+            refused.append((path, why))
+        elif not case.label:
+            unmatched.append((path, f"{describe_record(case)} has no ground-truth label"))
+            without_label.append((path, case))
         else:
-            chosen.setdefault(case.key, []).append(Path(path))
+            chosen.setdefault(case.key, []).append(path)
     pairs, duplicates, missing = [], [], []
     for case in cases:
         files = chosen.get(case.key)
@@ -413,7 +625,79 @@ def pair_predictions(predictions: Sequence[str | Path], cases: Sequence[Evaluati
             duplicates.append((case, files))
         else:
             pairs.append((case, files[0]))
-    return Pairing(pairs, unmatched, missing, duplicates)
+    return Pairing(pairs, unmatched, missing, duplicates, refused, without_label, run_split)
+
+
+@dataclass
+class Selection:
+    """Which files of a prediction folder are scored, after its manifest (see :func:`select_predictions`).
+
+    Attributes:
+        files: every prediction file found (see :func:`find_predictions`).
+        predictions: the files to score.
+        refused: ``(file, why)`` for files the manifest does not list as written.
+        missing: manifest entries listed as written whose file is not a prediction file of the folder.
+        failed: manifest entries of cases the run failed on.
+        manifest: the manifest's path, ``None`` when the folder has none.
+        run_ids: the manifest's run id(s).
+    """
+
+    files: list[Path]
+    predictions: list[Path]
+    refused: list[tuple[Path, str]] = field(default_factory=list)
+    missing: list[ManifestEntry] = field(default_factory=list)
+    failed: list[ManifestEntry] = field(default_factory=list)
+    manifest: Path | None = None
+    run_ids: list[str] = field(default_factory=list)
+
+
+def select_predictions(pred_dir: str | Path) -> Selection:
+    """The prediction files of ``pred_dir`` that its ``manifest.csv`` lists as written by its run.
+
+    Without a manifest every prediction file is selected, and a warning says that nothing tells which
+    run wrote them. With one, a prediction file it does not list as ``written`` (not listed, in a
+    subfolder, or listed as failed) is refused: a stale result or a file copied in.
+
+    Raises:
+        FileNotFoundError: ``pred_dir`` is not a folder.
+        ValueError: the manifest is malformed.
+    """
+    pred_dir = Path(pred_dir)
+    files = find_predictions(pred_dir)
+    entries = read_manifest(pred_dir)
+    if entries is None:
+        if files:
+            warnings.warn(
+                f"prediction folder {str(pred_dir)!r} has no {MANIFEST_NAME}: cannot tell which run wrote its "
+                f"{len(files)} prediction file(s) (stale results of an older run would be scored too); every one "
+                "is scored. predict writes the manifest; masks from another tool come without one",
+                UserWarning, stacklevel=3,
+            )
+        return Selection(files, list(files))
+    manifest = pred_dir / MANIFEST_NAME
+    run_ids = list(dict.fromkeys(e.run_id for e in entries))
+    runs = f"run {', '.join(run_ids)}" if run_ids else "an empty run"
+    written = {e.file: e for e in entries if e.status == WRITTEN and e.file}
+    failed = [e for e in entries if e.status == FAILED]
+    failed_files = {e.file: e for e in failed if e.file}
+    failed_ids = {e.case_id: e for e in failed}
+    by_name = {p.relative_to(pred_dir).as_posix(): p for p in files}
+    predictions, refused = [], []
+    for name, path in by_name.items():
+        if name in written:
+            predictions.append(path)
+            continue
+        entry = failed_files.get(name) or next(
+            (failed_ids[v] for k, v in prediction_names(path) if k == "case_id" and v in failed_ids), None)
+        if entry is not None:
+            why = (f"{manifest} lists case {entry.case_id!r} as failed in {runs}"
+                   f"{f' ({entry.error})' if entry.error else ''}, so this file is not that run's result")
+        else:
+            why = f"not listed in {manifest}, so it was not written by the run the manifest describes ({runs})"
+        refused.append((path, why + "; a stale result or a file copied in: not scored (remove it, or predict "
+                        "again with --overwrite into this folder)"))
+    missing = [e for e in entries if e.status == WRITTEN and e.file not in by_name]
+    return Selection(files, predictions, refused, missing, failed, manifest, run_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,14 +710,20 @@ def _read_mask(case: EvaluationCase, path: str | Path, what: str) -> tuple[np.nd
         raise CaseError(case.key, str(path), f"cannot read the {what}: {err}") from err
     if data.ndim != 3 and data.ndim != 2:
         raise CaseError(case.key, str(path), f"the {what} has shape {data.shape}; expected a 3D mask")
-    values = np.unique(data)
-    if what == "prediction" and (values.size > 2 or (values.size == 2 and values[0] != 0)):
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise CaseError(
-            case.key, str(path),
-            f"the prediction is not a binary mask (values {shown}); write 0/1 masks, not probabilities",
-        )
-    return data != 0, geometry
+    if what == "prediction":
+        try:
+            mask = binary_label(data, case.key, str(path), what="prediction")
+        except CaseError as err:
+            # the profile's label_values concern truth labels; a prediction is written as 0/1 by predict
+            found = err.message.split(". If the dataset")[0]
+            raise CaseError(
+                case.key, str(path),
+                f"the prediction is not a binary mask: {found}; write 0/1 masks (as predict does), not "
+                "probabilities or class maps",
+            ) from None
+    else:
+        mask = binary_label(data, case.key, str(path), label_values=case.label_values, what="label")
+    return mask != 0, geometry
 
 
 def _check_grid(case: EvaluationCase, path: str, geometry: Geometry, truth_path: str, truth_geometry: Geometry,
@@ -477,7 +767,7 @@ class EvaluationResult:
 
     Attributes:
         rows: one dict per case and method with :data:`ROW_COLUMNS` (``status`` is ``ok``,
-            ``failed``, ``no_truth`` or ``no_prediction``; metrics are NaN unless ``ok``).
+            ``failed``, ``no_truth``, ``no_prediction`` or ``refused``; metrics are NaN unless ``ok``).
         clinical: one dict per prediction whose case has a Tmax map, with :data:`CLINICAL_COLUMNS`.
         failures: ``{"case_id", "method", "files", "error"}`` for each case that could not be scored.
         unmatched_predictions: ``{"prediction", "reason"}`` for predictions with no truth case.
@@ -485,6 +775,9 @@ class EvaluationResult:
         summary: the summary dict written as JSON (see :func:`summarize`).
         pairs: the scored ``(case, prediction file)`` pairs (the report draws them).
         files: what was written: ``metrics``, ``summary`` and ``clinical`` -> path.
+        refused_predictions: ``{"prediction", "reason"}`` for prediction files that are not scored because
+            they cannot be trusted: not written by the run the folder's manifest describes, or a name
+            that fits records of several splits.
     """
 
     rows: list[dict[str, Any]]
@@ -495,11 +788,12 @@ class EvaluationResult:
     summary: dict[str, Any]
     pairs: list[tuple[EvaluationCase, Path]] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    refused_predictions: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no case failed (unpaired files do not count as failures)."""
-        return not self.failures
+        """True when no case failed and no prediction was refused (files without truth do not count)."""
+        return not self.failures and not self.refused_predictions
 
     def table(self, method: str | None = None) -> pd.DataFrame:
         """The rows as a DataFrame (of one method when given), columns in :data:`ROW_COLUMNS` order."""
@@ -688,6 +982,33 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _listing(items: Sequence[str], limit: int = 10) -> str:
+    items = list(items)
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def nothing_to_score_message(pred: str | Path, truth: str | Path, kind: str, selection: Selection,
+                             cases: Sequence[EvaluationCase], records: Sequence[EvaluationCase],
+                             reasons: Sequence[str]) -> str:
+    """The one paragraph of an evaluation that found nothing to pair and score: where it looked, for which
+    file names, what it found, and why each prediction was not paired."""
+    found = f"found {len(selection.files)} prediction file(s)"
+    if selection.manifest is not None:
+        found += (f", {len(selection.predictions)} of them listed as written by {selection.manifest}"
+                  + (f", which lists {len(selection.failed)} case(s) as failed" if selection.failed else ""))
+    ids = [c.key for c in cases]
+    text = (
+        f"nothing to score: no prediction could be paired with a labelled truth case. Looked in "
+        f"{str(pred)!r} (and its subfolders) for masks named {', '.join(PREDICTION_PATTERNS)} (leaving out "
+        f"{', '.join(NOT_PREDICTIONS)}, *{PROBABILITIES_SUFFIX} and hidden files): {found}. Truth {str(truth)!r} "
+        f"({kind}): {len(cases)} labelled case(s) of {len(records)} record(s)"
+        + (f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
+    )
+    if reasons:
+        text += f". Not paired: {_listing(reasons, 5)}"
+    return text + ". Check that --pred and --truth are about the same cases (and the same split)"
+
+
 def evaluate_predictions(
     pred: str | Path,
     truth: str | Path,
@@ -696,13 +1017,17 @@ def evaluate_predictions(
     images: str | Path | None = None,
     tolerance_mm: float = 0.01,
     tmax_threshold_s: float = 6.0,
+    split: str | None = None,
 ) -> EvaluationResult:
     """Score every prediction file of a folder against its truth case.
 
     Args:
         pred: folder of prediction masks (searched recursively), named as the module docstring says.
+            When it holds ``manifest.csv`` only the files the manifest lists as written are scored (see
+            :func:`select_predictions`).
         truth: a datalist JSON, a dataset root, a ``TESTING_GROUND_TRUTH`` folder or a flat folder of
-            ``<case_id>`` masks (see :func:`load_cases`).
+            ``<case_id>`` masks (see :func:`load_cases`). A datalist's profile may map label values
+            (``label_values``); every label must hold {0, 1} after it.
         out: the per-case CSV to write; ``<stem>_summary.json`` and (when some case has a Tmax map)
             ``<stem>_clinical.csv`` go beside it. ``None`` writes nothing.
         baseline: ``"threshold"`` also scores the clinical threshold rule (rCBF < 30 % and Tmax > 6 s)
@@ -711,34 +1036,52 @@ def evaluate_predictions(
             the baseline and the clinical table).
         tolerance_mm: how far spacing, directions and origin of a prediction may differ from its truth.
         tmax_threshold_s: the hypoperfusion threshold of the clinical table (and of the baseline rule).
+        split: pair predictions with truth records of this split only (``None``: the split their names
+            tell, see the module docstring).
 
     Returns:
-        The :class:`EvaluationResult`. Unpaired files and unscorable cases are in it (and warned
-        about with ``warnings.warn``), not raised.
+        The :class:`EvaluationResult`. Unpaired files, refused files and unscorable cases are in it (and
+        warned about with ``warnings.warn``), not raised; ``result.ok`` is False when a case failed or a
+        file was refused.
 
     Raises:
         FileNotFoundError: ``pred``, ``truth`` or ``images`` does not exist.
-        LayoutError, CaseError, ValueError: ``truth`` or ``images`` cannot be read; no prediction file
-            in ``pred``; no truth case; an unknown ``baseline``; or the baseline needs CBF and Tmax
-            maps that no case has.
+        LayoutError, CaseError, ValueError: ``truth``, ``images`` or the manifest cannot be read; no truth
+            case; an unknown ``baseline``; the baseline needs CBF and Tmax maps that no case has; or no
+            prediction could be paired with a labelled truth case (the message says where evaluate looked
+            and what it found).
     """
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if images is not None and not Path(images).exists():
         raise FileNotFoundError(f"images datalist {str(images)!r} not found")
-    predictions = find_predictions(pred)
-    if not predictions:
-        raise ValueError(f"prediction folder {str(pred)!r}: no mask files (.nii.gz, .nii, .mha, .nrrd) found")
-    kind, cases = load_truth_cases(truth, images)
+    selection = select_predictions(pred)
+    predictions = selection.predictions
+    kind, records = load_truth_records(truth, images)
+    cases = [c for c in records if c.label]
     if not cases:
-        raise LayoutError(f"truth {str(truth)!r} ({kind}): no case with a ground-truth mask found")
+        raise LayoutError(
+            f"truth {str(truth)!r} ({kind}): no case with a ground-truth mask found ({len(records)} record(s), "
+            "none with a label); give the labelled cases (a datalist with labels, a TESTING_GROUND_TRUTH folder "
+            "or a folder of <case_id> masks)"
+        )
     if baseline == "threshold" and not any(c.modality("CBF") and c.modality("Tmax") for c in cases):
         raise ValueError(
             f"--baseline threshold needs each case's CBF and Tmax maps, and truth {str(truth)!r} ({kind}) "
             "gives none: pass the datalist with --images datalist.json (or as --truth)"
         )
 
-    pairing = pair_predictions(predictions, cases)
+    pairing = pair_predictions(predictions, cases, records, split=split,
+                               run_case_ids=[e.case_id for e in selection.failed + selection.missing])
+    refused = [{"prediction": str(p), "reason": why} for p, why in selection.refused + pairing.refused]
+    if not pairing.pairs and not pairing.duplicates:
+        reasons = [f"{Path(r['prediction']).name}: {r['reason']}" for r in refused]
+        reasons += [f"{path.name}: {why}" for path, why in pairing.unmatched_predictions]
+        reasons += [f"case {e.case_id!r}: listed as failed in {selection.manifest}" for e in selection.failed]
+        reasons += [f"{e.file or e.case_id}: listed as written in {selection.manifest} but missing"
+                    for e in selection.missing]
+        raise ValueError(nothing_to_score_message(pred, truth, kind, selection, cases, records, reasons))
+
     rows: list[dict[str, Any]] = []
     clinical: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -750,18 +1093,46 @@ def evaluate_predictions(
         rows.append(_blank_row(case.key, "model", "failed", ";".join(str(f) for f in files), case.label, str(error)))
         failures.append({"case_id": case.key, "method": "model", "files": [str(f) for f in files], "error": str(error)})
 
+    # The manifest's failed cases, and the files it lists as written that are not there: failed cases.
+    accounted: set[str] = set()
+    runs = ", ".join(selection.run_ids)
+    for entry in selection.failed + selection.missing:
+        by_id = entry.status == FAILED or not entry.file
+        names = [("case_id", entry.case_id)] if by_id else prediction_names(entry.file)
+        reading, found = _matches(names, records, split)
+        case = _choose(reading, found, pairing.run_split)[0] if found else None
+        key = case.key if case is not None and case.label else entry.case_id
+        if entry.status == FAILED:
+            file = str(Path(pred) / FAILURES_CSV) if (Path(pred) / FAILURES_CSV).is_file() else str(selection.manifest)
+            error = CaseError(key, file, f"predict failed on this case in run {runs}"
+                              f"{f' ({entry.error})' if entry.error else ''}; it has no prediction to score")
+        else:
+            file = str(Path(pred) / entry.file) if entry.file else str(selection.manifest)
+            error = CaseError(key, file, f"{selection.manifest} lists this case's prediction as written by run {runs}, "
+                              "but the folder holds no such prediction file; predict this case again")
+        truth_file = case.label if case is not None and case.label else None
+        rows.append(_blank_row(key, "model", "failed", file, truth_file, str(error)))
+        failures.append({"case_id": key, "method": "predict" if entry.status == FAILED else "model",
+                         "files": [f for f in (file, truth_file) if f], "error": str(error)})
+        if case is not None and case.label:
+            accounted.add(case.key)
+
     # Predictions on cases without truth still get their clinical volumes when the case's maps are known.
+    truth_ids = {c.case_id for c in cases}
+    record_of = {}
+    for path, record in pairing.without_label:
+        if record.modality("Tmax"):
+            if record.key in truth_ids:
+                record.key = f"{record.split or 'unknown'}/{record.case_id}"
+            record_of[path] = record
     image_cases: list[EvaluationCase] = []
-    if pairing.unmatched_predictions:
-        sources = [truth] + ([images] if images is not None else [])
-        for source in sources:
-            if Path(source).is_file() or Path(source).is_dir():
-                try:
-                    image_cases += [c for c in load_cases(source)[1] if not c.label and c.modality("Tmax")]
-                except (LayoutError, CaseError, ValueError):
-                    pass
+    if images is not None and any(p not in record_of for p, _ in pairing.unmatched_predictions):
+        try:
+            loaded = _datalist_cases(Path(images), labels=False) if Path(images).is_file() else load_cases(images)[1]
+            image_cases = [c for c in loaded if not c.label and c.modality("Tmax")]
+        except (LayoutError, CaseError, ValueError):
+            image_cases = []
         _assign_keys(image_cases, strict=False)
-        truth_ids = {c.case_id for c in cases}
         for case in image_cases:
             if case.key in truth_ids:
                 case.key = f"{case.split or 'unknown'}/{case.case_id}"
@@ -769,18 +1140,30 @@ def evaluate_predictions(
     for path, why in pairing.unmatched_predictions:
         unmatched.append({"prediction": str(path), "reason": why})
         rows.append(_blank_row(strip_image_suffix(path.name) or path.name, "model", "no_truth", str(path), None, why))
-        case, _ = resolve_prediction(path, image_cases) if image_cases else (None, None)
+        case = record_of.get(path)
+        if case is None and image_cases:
+            case, _ = resolve_prediction(path, image_cases)
         if case is not None:
             _clinical_without_truth(case, path, tolerance_mm, tmax_threshold_s, clinical, failures)
-    missing = [{"case_id": c.key, "truth": str(c.label)} for c in pairing.missing_predictions]
-    for case in pairing.missing_predictions:
+    for item in refused:
+        path = Path(item["prediction"])
+        rows.append(_blank_row(strip_image_suffix(path.name) or path.name, "model", "refused", str(path), None,
+                               item["reason"]))
+    missing_cases = [c for c in pairing.missing_predictions if c.key not in accounted]
+    missing = [{"case_id": c.key, "truth": str(c.label)} for c in missing_cases]
+    for case in missing_cases:
         rows.append(_blank_row(case.key, "model", "no_prediction", None, case.label))
 
+    if refused:
+        warnings.warn(
+            f"{len(refused)} prediction file(s) refused, not scored: "
+            + _listing([f"{Path(r['prediction']).name} ({r['reason']})" for r in refused]),
+            UserWarning, stacklevel=2,
+        )
     if unmatched:
         warnings.warn(
             f"{len(unmatched)} prediction(s) have no truth case in {truth} and are not scored: "
-            + "; ".join(f"{Path(u['prediction']).name} ({u['reason']})" for u in unmatched[:10])
-            + (f"; and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""),
+            + _listing([f"{Path(u['prediction']).name} ({u['reason']})" for u in unmatched]),
             UserWarning, stacklevel=2,
         )
     if missing:
@@ -796,6 +1179,7 @@ def evaluate_predictions(
         "paired": len(pairing.pairs),
         "scored": sum(1 for r in rows if r["method"] == "model" and r["status"] == "ok"),
         "failed_cases": len({f["case_id"] for f in failures}),
+        "refused_predictions": len(refused),
         "predictions_without_truth": len(unmatched),
         "truths_without_prediction": len(missing),
     }
@@ -807,6 +1191,11 @@ def evaluate_predictions(
             "truth_kind": kind,
             "images": None if images is None else str(images),
             "baseline": baseline,
+            "manifest": None if selection.manifest is None else {
+                "path": str(selection.manifest), "run_ids": selection.run_ids,
+                "written": len(selection.predictions) + len(selection.missing), "failed": len(selection.failed),
+            },
+            "split": pairing.run_split,
             "conventions": {
                 "dice": "1.0 when both masks are empty",
                 "lesion_f1": "26-connected lesions; 1.0 when both masks are empty",
@@ -817,6 +1206,7 @@ def evaluate_predictions(
                 "tmax_threshold_s": tmax_threshold_s,
             },
             "unmatched_predictions": unmatched,
+            "refused_predictions": refused,
             "missing_predictions": missing,
             "failures": failures,
             "cases": [
@@ -825,7 +1215,8 @@ def evaluate_predictions(
             ],
         }
     )
-    result = EvaluationResult(rows, clinical, failures, unmatched, missing, summary, list(pairing.pairs))
+    result = EvaluationResult(rows, clinical, failures, unmatched, missing, summary, list(pairing.pairs),
+                              refused_predictions=refused)
     if out is not None:
         write_outputs(result, out)
     return result
@@ -951,4 +1342,5 @@ def load_result(out: str | Path) -> EvaluationResult:
         summary=summary,
         pairs=pairs,
         files={k: v for k, v in paths.items() if v.is_file()},
+        refused_predictions=list(summary.get("refused_predictions", [])),
     )

@@ -43,7 +43,7 @@ from pipeline.checks import binary_label, constant_channel_note
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.validation import check_channel_files
 from pipeline.errors import CaseError, GeometryError, root_cause
-from pipeline.io import Geometry, format_mm, image_readers, read_geometry
+from pipeline.io import Geometry, check_image_dtype, format_mm, image_readers, read_geometry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +105,7 @@ def check_case_geometry(
 
     def geometry_of(path: str) -> Geometry:
         if path not in geometries:
+            check_image_dtype(path, case_id)
             try:
                 geometries[path] = read_geometry(path)
             except (FileNotFoundError, ValueError) as err:
@@ -204,6 +205,7 @@ class LoadModalitiesd(MapTransform):
         self.resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros")
 
     def _load_channel(self, case_id: str | None, name: str, path: str) -> MetaTensor:
+        check_image_dtype(path, case_id)  # bool or complex voxels are refused, not silently cast
         try:
             image = self.loader(path)
         except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
@@ -303,6 +305,7 @@ class LoadLabeld(MapTransform):
         image = d.get(self.image_key)
         for key in self.key_iterator(d):
             path = str(d[key])
+            check_image_dtype(path, case_id)
             try:
                 label = self.loader(path)
             except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file

@@ -5,48 +5,77 @@ The fingerprint is the first phase's output (as in nnU-Net): the plans are deriv
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
+from pipeline.checks import binary_label, constant_channel_note
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import CaseError
-from pipeline.io import atomic_write_json, atomic_write_text, is_nifti, read_array
+from pipeline.io import atomic_write_json, atomic_write_text, check_image_dtype, is_nifti, read_array
 from pipeline.transforms import check_case_geometry
 
 PERCENTILES = (0.5, 5.0, 50.0, 95.0, 99.5)
+# What reading one file's voxels may raise on a damaged file (truncated, corrupt gzip stream, bad header).
+_READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, zlib.error, HeaderDataError, ImageFileError)
 
 
-def _read_array(path: str) -> tuple[np.ndarray, str]:
-    data = read_array(path)
-    return data, str(nib.load(path).get_data_dtype() if is_nifti(path) else data.dtype)
+def _read_array(path: str, case_id: str | None = None, what: str = "the file") -> tuple[np.ndarray, str]:
+    """Read a file's voxels after checking its data type; returns ``(array, stored data type)``.
+
+    Raises:
+        CaseError: an unsupported data type (bool, complex...) or a file that cannot be read, naming the file.
+    """
+    dtype = check_image_dtype(path, case_id)
+    try:
+        data = read_array(path)
+    except _READ_ERRORS as err:
+        raise CaseError(case_id, path, f"cannot read {what}: {str(err).strip() or type(err).__name__}") from err
+    return data, dtype if is_nifti(path) else str(data.dtype)
 
 
-def case_fingerprint(record: CaseRecord, profile: DatasetProfile) -> dict[str, Any]:
+def case_fingerprint(
+    record: CaseRecord, profile: DatasetProfile, strict: bool = False, notes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Fingerprint one case: shape, spacing, slab, per-channel intensity percentiles, lesion volume.
 
     Intensities are taken inside the brain, the voxels where any channel normalized with a
     ``nonzero`` mask is nonzero (the maps are 0 outside the brain); all voxels when there is none.
+    Every file the datalist will name (channels, reference, label) must store integers or floats
+    (:func:`pipeline.io.check_image_dtype`); the label must hold only 0 and 1 after the profile's
+    ``label_values`` (:func:`pipeline.checks.binary_label`). A channel that is empty or constant
+    (:func:`pipeline.checks.constant_channel_note`) is a warning, listed in the row's
+    ``constant_channels`` and in ``notes``, or, with ``strict``, an error.
 
     Args:
         record: the case; its modalities must include every profile channel.
-        profile: channels, reference modality, resampling rules.
+        profile: channels, reference modality, resampling rules, label values.
+        strict: refuse a case with an empty or constant channel instead of noting it.
+        notes: when a list is given, one ``{"case_id", "split", "channel", "file", "note"}`` per empty or
+            constant channel of the case is appended to it (only when the case succeeds).
 
     Returns:
         A flat dictionary (one row of the fingerprint table).
 
     Raises:
-        CaseError, GeometryError: unreadable files, 4D channels, files off the reference grid.
+        CaseError, GeometryError: unreadable files, an unsupported data type, 4D channels, files off the
+            reference grid, a label whose values are not 0/1, an empty or constant channel with ``strict``.
     """
     channel_paths = [(name, record.modalities[name]) for name in profile.channels]
     reference_path = record.modalities.get(profile.reference_modality or "", channel_paths[0][1])
+    # The data type first: nibabel cannot even read the header of some (bool), and silently casts others.
+    named = [p for _, p in channel_paths] + [reference_path] + ([record.label] if record.label else [])
+    for path in dict.fromkeys(named):
+        check_image_dtype(path, record.case_id)
     reference = check_case_geometry(
         record.case_id,
         channel_paths,
@@ -72,11 +101,16 @@ def case_fingerprint(record: CaseRecord, profile: DatasetProfile) -> dict[str, A
         "header_quirk": reference.spacing_note is not None,
     }
     arrays: dict[str, np.ndarray] = {}
+    case_notes: list[dict[str, Any]] = []
     for name, path in channel_paths:
-        try:
-            arrays[name], row[f"{name}_dtype"] = _read_array(path)
-        except (OSError, ValueError, EOFError) as err:
-            raise CaseError(record.case_id, path, f"cannot read {name}: {err}") from err
+        arrays[name], row[f"{name}_dtype"] = _read_array(path, record.case_id, name)
+        note = constant_channel_note(arrays[name], record.case_id, path, name)
+        if note is not None:
+            if strict:
+                raise CaseError(record.case_id, path, note.split(": ", 1)[1] + " (refused: strict checks are on)")
+            case_notes.append({"case_id": record.case_id, "split": record.split, "channel": name, "file": path,
+                               "note": note})
+    row["constant_channels"] = ",".join(n["channel"] for n in case_notes)
     on_reference_grid = [n for n in arrays if n not in profile.resample_to_reference]
     masked = [
         n for n in on_reference_grid if profile.normalization(n).get("mask", "nonzero") == "nonzero"
@@ -95,31 +129,48 @@ def case_fingerprint(record: CaseRecord, profile: DatasetProfile) -> dict[str, A
         for p, q in zip(PERCENTILES, quantiles):
             row[f"{name}_p{p:g}"] = float(q)
     if record.label:
-        label = read_array(record.label) > 0
+        label = binary_label(
+            _read_array(record.label, record.case_id, "the label")[0], record.case_id, record.label,
+            profile.label_values,
+        ).astype(bool)
         row["lesion_ml"] = float(label.sum() * voxel_ml)
         # full connectivity (26 neighbours in 3D), the ISLES convention for counting lesions
         row["lesion_count"] = int(ndimage.label(label, structure=np.ones((3,) * label.ndim, bool))[1])
     else:
         row["lesion_ml"] = float("nan")
         row["lesion_count"] = np.nan
+    if notes is not None:
+        notes.extend(case_notes)
     return row
 
 
 def compute_fingerprint(
-    records: Sequence[CaseRecord], profile: DatasetProfile
+    records: Sequence[CaseRecord],
+    profile: DatasetProfile,
+    strict: bool = False,
+    notes: list[dict[str, Any]] | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """Fingerprint every case; a case that fails is reported, not fatal.
 
+    Args:
+        records: the cases (complete: see :func:`pipeline.data.datalist.select_channels`).
+        profile: channels, reference modality, label values.
+        strict: a case with an empty or constant channel fails instead of being noted.
+        notes: when a list is given, the empty or constant channels of the cases that succeed are appended
+            to it (see :func:`case_fingerprint`).
+
     Returns:
         ``(table, failures)``: one row per good case (with ``slabs_of_patient``), and one
-        ``{case_id, split, error}`` per case that could not be read or checked.
+        ``{case_id, split, error, file, reason}`` per case that could not be read or checked (``error`` is
+        the whole message, ``file`` the file at fault or ``None``, ``reason`` what is wrong with it).
     """
     rows, failures = [], []
     for record in records:
         try:
-            rows.append(case_fingerprint(record, profile))
+            rows.append(case_fingerprint(record, profile, strict=strict, notes=notes))
         except CaseError as err:
-            failures.append({"case_id": record.case_id, "split": record.split, "error": str(err)})
+            failures.append({"case_id": record.case_id, "split": record.split, "error": str(err),
+                             "file": err.path, "reason": err.message})
     table = pd.DataFrame(rows)
     if not table.empty:
         table["slabs_of_patient"] = table.groupby(["split", "patient_id"])["case_id"].transform("count")
@@ -154,6 +205,9 @@ def summarize_fingerprint(table: pd.DataFrame, profile: DatasetProfile) -> dict[
         "spacing_min_mm": [float(table[f"spacing_{a}"].min()) for a in "xyz"],
         "spacing_max_mm": [float(table[f"spacing_{a}"].max()) for a in "xyz"],
         "header_quirk_cases": int(table["header_quirk"].sum()),
+        "constant_channel_cases": (
+            int((table["constant_channels"].fillna("") != "").sum()) if "constant_channels" in table else 0
+        ),
         "lesion_ml": {
             "median": float(lesion.median()) if len(lesion) else None,
             "q25": float(lesion.quantile(0.25)) if len(lesion) else None,
@@ -190,6 +244,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     for name, p in summary["intensity_percentiles"].items():
         lines.append(f"  {name}: median p0.5/p50/p99.5 inside the brain = {p['p0.5']:.4g} / {p['p50']:.4g} / {p['p99.5']:.4g}")
+    if summary.get("constant_channel_cases"):
+        lines.append(
+            f"  {summary['constant_channel_cases']} case(s) with an empty or constant channel, kept (the network sees "
+            "nothing there); each is named in the warnings"
+        )
     if summary["header_quirk_cases"]:
         lines.append(f"  {summary['header_quirk_cases']} case(s) with the pixdim/affine header quirk (pixdim spacing used)")
     return "\n".join(lines)

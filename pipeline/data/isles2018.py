@@ -76,11 +76,19 @@ def _is_smir_folder(path: Path) -> bool:
     return path.is_dir() and path.name.upper().startswith("SMIR.") and parse_smir_folder(path.name) is not None
 
 
+def _children(folder: Path) -> list[Path]:
+    """The entries of ``folder``; an unreadable folder (permissions, a vanished mount) has none."""
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
 def looks_like(root: Path) -> bool:
     """Return True when ``root`` has a TRAINING or TESTING folder with a case holding SMIR folders."""
     for _, split_dir in _split_folders(Path(root)):
-        for case_dir in split_dir.iterdir():
-            if case_dir.is_dir() and any(_is_smir_folder(p) for p in case_dir.iterdir()):
+        for case_dir in _children(split_dir):
+            if case_dir.is_dir() and any(_is_smir_folder(p) for p in _children(case_dir)):
                 return True
     return False
 
@@ -90,6 +98,14 @@ def _image_in(folder: Path, case_id: str) -> Path:
         p for p in sorted(folder.iterdir())
         if p.is_file() and not p.name.startswith(".") and strip_image_suffix(p.name) is not None
     ]
+    if not images:
+        others = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+        raise CaseError(
+            case_id, folder,
+            "the modality folder holds no image file (.nii, .nii.gz, .mha, .nrrd)"
+            + (f"; found only {', '.join(others)}" if others else ": it is empty")
+            + "; put the case's one image in it, or leave the case out with --skip-incomplete",
+        )
     if len(images) != 1:
         listing = ", ".join(p.name for p in images) or "none"
         raise CaseError(
@@ -167,8 +183,17 @@ def read_case(case_dir: Path, split: str, profile: DatasetProfile) -> CaseRecord
         the MTT folder, and the patient/slab from the OT JSON when it has them.
 
     Raises:
-        CaseError: a SMIR folder holds zero or several image files, or two folders give one modality.
+        CaseError: a SMIR folder holds zero or several image files (an empty modality folder included), two
+            folders give one modality, or the case folder cannot be listed.
     """
+    try:
+        return _read_case(case_dir, split, profile)
+    except OSError as err:  # an unreadable folder is this case's problem, not the dataset's
+        raise CaseError(case_dir.name, getattr(err, "filename", None) or case_dir,
+                        f"cannot read the case folder ({err.strerror or err})") from err
+
+
+def _read_case(case_dir: Path, split: str, profile: DatasetProfile) -> CaseRecord:
     case_id = case_dir.name
     modalities: dict[str, str] = {}
     folders: dict[str, Path] = {}
@@ -218,12 +243,15 @@ def read_case(case_dir: Path, split: str, profile: DatasetProfile) -> CaseRecord
     )
 
 
-def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
+def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = None) -> list[CaseRecord]:
     """Read every case of an ISLES 2018 dataset.
 
     Args:
         root: the folder holding ``TRAINING/`` and/or ``TESTING/`` (either may be absent).
         profile: spells the modality names (``profile.canonical``).
+        problems: when a list is given, a malformed case (see :func:`read_case`) is left out and described
+            there as ``{"case_id", "split", "file", "reason"}`` instead of raising, so one bad case does not
+            stop the others from being read.
 
     Returns:
         Training cases, then testing cases, each in natural order (``case_2`` before ``case_10``).
@@ -231,7 +259,7 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
 
     Raises:
         LayoutError: ``root`` has neither ``TRAINING/`` nor ``TESTING/``.
-        CaseError: a case folder is malformed (see :func:`read_case`).
+        CaseError: a case folder is malformed (see :func:`read_case`) and ``problems`` is ``None``.
     """
     root = Path(root)
     splits = _split_folders(root)
@@ -242,10 +270,15 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
         for _, split_dir in (s for s in splits if s[0] == split):
             # An empty ``case_N`` folder is kept so that its missing modalities are reported.
             case_dirs = [
-                p for p in split_dir.iterdir()
+                p for p in _children(split_dir)
                 if p.is_dir() and not p.name.startswith(".")
-                and (_CASE_RE.match(p.name) or any(_is_smir_folder(c) for c in p.iterdir()))
+                and (_CASE_RE.match(p.name) or any(_is_smir_folder(c) for c in _children(p)))
             ]
             for case_dir in sorted(case_dirs, key=lambda p: natural_key(p.name)):
-                records.append(read_case(case_dir, split, profile))
+                try:
+                    records.append(read_case(case_dir, split, profile))
+                except CaseError as err:
+                    if problems is None:
+                        raise
+                    problems.append({"case_id": case_dir.name, "split": split, "file": err.path, "reason": err.message})
     return records

@@ -77,13 +77,15 @@ def _label_folders(root: Path, subject: str, session: str | None) -> list[Path]:
     return [p / tail for p in sorted(derivatives.iterdir()) if p.is_dir() and (p / tail).is_dir()]
 
 
-def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
+def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = None) -> list[CaseRecord]:
     """Read every session of an ISLES 2022 BIDS dataset.
 
     Args:
         root: the folder holding ``rawdata/`` (and ``derivatives/`` for the labels).
         profile: spells the modality names; modalities it lists are also looked for (a ``t1w``
             suffix is read when the profile knows ``T1w``).
+        problems: when a list is given, a malformed session is left out and described there as
+            ``{"case_id", "split", "file", "reason"}`` instead of raising.
 
     Returns:
         One record per session, in natural order. ``case_id`` is the subject
@@ -92,7 +94,8 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
 
     Raises:
         LayoutError: ``root/rawdata`` has no ``sub-*`` folders.
-        CaseError: two files of one modality, or two masks, in one session.
+        CaseError: two files of one modality, or two masks, in one session, or a session folder that cannot
+            be listed; only when ``problems`` is ``None``.
     """
     root = Path(root)
     subjects = _subjects(root)
@@ -105,36 +108,66 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
     records: list[CaseRecord] = []
     for subject_dir in subjects:
         subject = subject_dir.name
-        sessions = sorted(
-            (p for p in subject_dir.iterdir() if p.is_dir() and p.name.startswith("ses-")),
-            key=lambda p: natural_key(p.name),
-        )
+        try:
+            sessions = sorted(
+                (p for p in subject_dir.iterdir() if p.is_dir() and p.name.startswith("ses-")),
+                key=lambda p: natural_key(p.name),
+            )
+        except OSError as err:
+            error = CaseError(subject, subject_dir, f"cannot read the subject's folder ({err.strerror or err})")
+            if problems is None:
+                raise error from err
+            problems.append({"case_id": subject, "split": "training", "file": error.path, "reason": error.message})
+            continue
         # BIDS allows subjects without session folders: the subject folder is then the session.
         session_dirs: list[tuple[str | None, Path]] = [(s.name, s) for s in sessions] or [(None, subject_dir)]
         for session, session_dir in session_dirs:
             case_id = subject if len(session_dirs) == 1 else f"{subject}_{session}"
-            images = _files_with_suffixes(session_dir, suffixes, case_id)
-            label = None
-            for folder in _label_folders(root, subject, session):
-                masks = _files_with_suffixes(folder, {LABEL_SUFFIX: LABEL_SUFFIX}, case_id)
-                if LABEL_SUFFIX in masks:
-                    if label is not None:
-                        raise CaseError(
-                            case_id, masks[LABEL_SUFFIX], f"two masks for one session: {label} and {masks[LABEL_SUFFIX]}"
-                        )
-                    label = str(masks[LABEL_SUFFIX])
-            extra = {"subject": subject}
-            if session is not None:
-                extra["session"] = session
-            records.append(
-                CaseRecord(
-                    case_id=case_id,
-                    split="training" if label is not None else "testing",
-                    modalities={name: str(path) for name, path in images.items()},
-                    label=label,
-                    folder=str(session_dir.resolve()),
-                    patient_id=subject,
-                    extra=extra,
-                )
-            )
+            try:
+                records.append(_read_session(root, subject, session, session_dir, case_id, suffixes))
+            except CaseError as err:
+                if problems is None:
+                    raise
+                # without its mask the split is unknown: a session with a derivatives folder is a training case
+                try:
+                    split = "training" if _label_folders(root, subject, session) else "testing"
+                except OSError:
+                    split = "training"
+                problems.append({"case_id": case_id, "split": split, "file": err.path, "reason": err.message})
     return records
+
+
+def _read_session(
+    root: Path, subject: str, session: str | None, session_dir: Path, case_id: str, suffixes: dict[str, str]
+) -> CaseRecord:
+    """Read one session's images and mask (see :func:`discover`).
+
+    Raises:
+        CaseError: two files of one modality or two masks, or a folder that cannot be listed.
+    """
+    try:
+        images = _files_with_suffixes(session_dir, suffixes, case_id)
+        label = None
+        for folder in _label_folders(root, subject, session):
+            masks = _files_with_suffixes(folder, {LABEL_SUFFIX: LABEL_SUFFIX}, case_id)
+            if LABEL_SUFFIX in masks:
+                if label is not None:
+                    raise CaseError(
+                        case_id, masks[LABEL_SUFFIX], f"two masks for one session: {label} and {masks[LABEL_SUFFIX]}"
+                    )
+                label = str(masks[LABEL_SUFFIX])
+    except OSError as err:  # an unreadable folder is this session's problem, not the dataset's
+        raise CaseError(case_id, getattr(err, "filename", None) or session_dir,
+                        f"cannot read the session's folder ({err.strerror or err})") from err
+    extra = {"subject": subject}
+    if session is not None:
+        extra["session"] = session
+    return CaseRecord(
+        case_id=case_id,
+        split="training" if label is not None else "testing",
+        modalities={name: str(path) for name, path in images.items()},
+        label=label,
+        folder=str(session_dir.resolve()),
+        patient_id=subject,
+        extra=extra,
+    )

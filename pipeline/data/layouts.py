@@ -25,14 +25,15 @@ class Layout:
     Attributes:
         name: the ``--layout`` name.
         looks_like: ``root -> bool``, True when ``root`` has this layout.
-        discover: ``(root, profile) -> list[CaseRecord]``, the layout's reader.
+        discover: ``(root, profile, problems=None) -> list[CaseRecord]``, the layout's reader; given a
+            ``problems`` list, it leaves a malformed case out and describes it there instead of raising.
         default_profile: ``root -> DatasetProfile``, the profile used when none is given.
         expects: what the layout looks like on disk, for error messages.
     """
 
     name: str
     looks_like: Callable[[Path], bool]
-    discover: Callable[[Path, DatasetProfile], list[CaseRecord]]
+    discover: Callable[..., list[CaseRecord]]
     default_profile: Callable[[Path], DatasetProfile]
     expects: str
 
@@ -134,7 +135,10 @@ def detect_layout(root: str | Path) -> str:
 
 
 def discover_cases(
-    root: str | Path, layout: str = "auto", profile: DatasetProfile | str | Path | None = None
+    root: str | Path,
+    layout: str = "auto",
+    profile: DatasetProfile | str | Path | None = None,
+    problems: list[dict] | None = None,
 ) -> tuple[str, DatasetProfile, list[CaseRecord]]:
     """Read the cases of a dataset.
 
@@ -144,6 +148,11 @@ def discover_cases(
         profile: a profile, a profile name or YAML path, or ``None`` for the layout's default
             (``isles2018`` and ``isles2022`` by name; for ``nnunet``/``msd`` the profile whose
             modalities cover the dataset's channel names).
+        problems: when a list is given, each case the reader cannot make a record of (an empty or
+            ambiguous modality folder, an unreadable case folder, a malformed datalist record) is left out
+            of the records and appended there as ``{"case_id", "split", "file", "reason"}``, so that the
+            caller reports it with the other per-case problems (``prepare --skip-incomplete``); when
+            ``None``, such a case raises :class:`CaseError`.
 
     Returns:
         ``(layout name, profile, records)``.
@@ -151,7 +160,7 @@ def discover_cases(
     Raises:
         LayoutError: unknown layout, none or several detected, no default profile fits, the root does
             not have the layout, or no case was found.
-        CaseError: a case is malformed.
+        CaseError: a case is malformed (and ``problems`` is ``None``).
         FileNotFoundError, ValueError: the named profile is missing or malformed.
     """
     root = Path(root)
@@ -166,7 +175,7 @@ def discover_cases(
         profile = entry.default_profile(root)
     elif not isinstance(profile, DatasetProfile):
         profile = load_profile(profile)
-    records = entry.discover(root, profile)
-    if not records:
+    records = entry.discover(root, profile) if problems is None else entry.discover(root, profile, problems)
+    if not records and not problems:
         raise LayoutError(f"no cases found in {str(root)!r} read as layout {layout!r} (expected {entry.expects})")
     return layout, profile, records

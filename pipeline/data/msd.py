@@ -180,12 +180,15 @@ def _record(item: Any, split: str, channels: list[str], base: Path, profile: Dat
     )
 
 
-def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
+def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = None) -> list[CaseRecord]:
     """Read every record of an MSD-style datalist (this project's datalists included).
 
     Args:
         root: the JSON file, or a folder holding ``dataset.json`` or ``datalist.json``.
         profile: spells the channel names.
+        problems: when a list is given, a malformed record is left out and described there as
+            ``{"case_id", "split", "file", "reason"}`` instead of raising (a repeated case id still raises:
+            it is the datalist's problem, not one case's).
 
     Returns:
         Training records (``training`` then ``validation`` lists), then testing records, in file
@@ -194,7 +197,8 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
 
     Raises:
         LayoutError: no datalist JSON, or it names no channels.
-        CaseError: a record's image count does not match the channels, or a case id repeats in a split.
+        CaseError: a record's image count does not match the channels or it is not a record (only when
+            ``problems`` is ``None``), or a case id repeats in a split.
     """
     path, data = read_json(root)
     channels = json_channel_names(data, path)
@@ -203,7 +207,14 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
     seen: dict[tuple[str, str], str] = {}
     for key, split in LISTS:
         for index, item in enumerate(data.get(key) or []):
-            record = _record(item, split, channels, base, profile, index)
+            try:
+                record = _record(item, split, channels, base, profile, index)
+            except CaseError as err:
+                if problems is None:
+                    raise
+                problems.append({"case_id": err.case_id or f"{key}[{index}]", "split": split,
+                                 "file": err.path or str(path), "reason": err.message})
+                continue
             if (split, record.case_id) in seen:
                 raise CaseError(
                     record.case_id, path,

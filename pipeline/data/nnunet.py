@@ -83,12 +83,14 @@ def looks_like(root: Path) -> bool:
     return False
 
 
-def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
+def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = None) -> list[CaseRecord]:
     """Read every case of an nnU-Net raw dataset.
 
     Args:
         root: the dataset folder (``DatasetXXX_Name``).
         profile: spells the channel names.
+        problems: when a list is given, a malformed case is left out and described there as
+            ``{"case_id", "split", "file", "reason"}`` instead of raising.
 
     Returns:
         Training cases (``imagesTr``), then testing cases (``imagesTs``), each in natural order.
@@ -97,7 +99,7 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
 
     Raises:
         LayoutError: no dataset.json, no channel names, or neither imagesTr/ nor imagesTs/.
-        CaseError: a file's channel index is not in dataset.json.
+        CaseError: a file's channel index is not in dataset.json (only when ``problems`` is ``None``).
     """
     root = Path(root)
     data = read_dataset_json(root)
@@ -111,6 +113,7 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
         if not images_dir.is_dir():
             continue
         cases: dict[str, dict[int, Path]] = {}
+        bad: dict[str, CaseError] = {}
         for path in sorted(images_dir.iterdir()):
             if not path.is_file() or path.name.startswith("."):
                 continue
@@ -120,12 +123,20 @@ def discover(root: Path, profile: DatasetProfile) -> list[CaseRecord]:
                 continue
             case_id, index = match.group("case"), int(match.group("channel"))
             if index not in channels:
-                raise CaseError(
+                error = CaseError(
                     case_id, path,
                     f"channel index {index} is not in dataset.json's channels ({', '.join(map(str, channels))})",
                 )
+                if problems is None:
+                    raise error
+                bad.setdefault(case_id, error)
+                continue
             cases.setdefault(case_id, {})[index] = path.resolve()
-        for case_id in sorted(cases, key=natural_key):
+        for case_id in sorted(set(cases) | set(bad), key=natural_key):
+            if case_id in bad:
+                problems.append({"case_id": case_id, "split": split, "file": bad[case_id].path,
+                                 "reason": bad[case_id].message})
+                continue
             found = cases[case_id]
             modalities: dict[str, str] = {}
             missing: dict[str, str] = {}

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from pipeline.checks import parse_label_values
+
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 NORMALIZATION_METHODS = ("percentile", "ct_window", "zscore", "range", "none")
 
@@ -32,6 +34,9 @@ class DatasetProfile:
         geometry_tolerance_mm: tolerance on spacing and origin when comparing grids.
         layout: the layout this profile is meant for (informative).
         label_classes: class name -> label value.
+        label_values: optional mapping of the values a label file holds to 0/1 (``{255: 1}`` for a dataset whose
+            masks code the lesion as 255); ``None`` when the labels already hold only 0 and 1. Any other value
+            in a label is an error naming the case and the file (:func:`pipeline.checks.binary_label`).
         path: the file it was read from.
     """
 
@@ -44,6 +49,7 @@ class DatasetProfile:
     geometry_tolerance_mm: float = 0.01
     layout: str | None = None
     label_classes: dict[str, int] = field(default_factory=lambda: {"background": 0, "lesion": 1})
+    label_values: dict[int | float, int] | None = None
     path: str | None = None
 
     def canonical(self, name: str) -> str:
@@ -84,7 +90,7 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
     Raises:
         FileNotFoundError: no such profile.
         ValueError: the profile is malformed (no channels, a channel without settings, an unknown
-            normalization method).
+            normalization method, a ``label_values`` entry that does not map a number to 0 or 1).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -115,5 +121,23 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         geometry_tolerance_mm=float(raw.get("geometry_tolerance_mm", 0.01)),
         layout=raw.get("layout"),
         label_classes=dict(raw.get("label_classes") or {"background": 0, "lesion": 1}),
+        label_values=_label_values(raw.get("label_values"), path),
         path=str(path),
     )
+
+
+def _label_values(raw: Any, path: Path) -> dict[int | float, int] | None:
+    """Validate a profile's ``label_values`` (file value -> 0/1); whole numbers are kept as ints (``{255: 1}``).
+
+    Raises:
+        ValueError: not a mapping, a key that is not a number, or a target other than 0 and 1.
+    """
+    if raw is None or raw == {}:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError(f"profile {path}: label_values must be a mapping such as {{255: 1}}, got {raw!r}")
+    try:
+        parsed = parse_label_values(raw)
+    except ValueError as err:
+        raise ValueError(f"profile {path}: {err}") from None
+    return {int(k) if float(k).is_integer() else k: v for k, v in parsed.items()}

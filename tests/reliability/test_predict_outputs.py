@@ -185,3 +185,21 @@ def test_an_empty_channel_is_warned_about_and_strict_fails_that_case(small_datas
     rows = {row["case_id"]: row for row in csv.DictReader(open(strict / "failures.csv"))}
     assert list(rows) == ["case_1"] and "Tmax" in rows["case_1"]["error"]
     assert sorted(p.name for p in strict.glob("*.nii.gz")) == ["case_2.nii.gz", "case_3.nii.gz"]
+
+
+@pytest.mark.parametrize("code, bitpix, kind", [(1, 1, "bool"), (32, 64, "complex")])
+def test_a_channel_of_an_unsupported_datatype_fails_that_case_only(small_dataset, tmp_path, code, bitpix, kind, capfd):
+    import struct
+
+    data = tmp_path / "data"
+    shutil.copytree(small_dataset / "data", data)
+    cbf = next((data / "TESTING" / "case_3").glob("SMIR.Brain.XX.O.CT_CBF.*/*.nii"))
+    raw = bytearray(cbf.read_bytes())
+    raw[70:74] = struct.pack("<hh", code, bitpix)  # the datatype another tool wrote; nibabel writes neither
+    cbf.write_bytes(bytes(raw))
+    out = tmp_path / "pred"
+    assert main(predict_args(small_dataset, "--input", str(data), "--output", str(out))) == 2
+    rows = {row["case_id"]: row for row in csv.DictReader(open(out / "failures.csv"))}
+    assert list(rows) == ["case_3"] and cbf.name in rows["case_3"]["error"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_2.nii.gz"]
+    assert "Traceback" not in capfd.readouterr().err
