@@ -59,7 +59,7 @@ def evaluated(tmp_path):
 
 
 def linked_files(report: Path) -> list[Path]:
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     return [report.parent / target for target in re.findall(r"\]\(([^)]+\.png)\)", text)]
 
 
@@ -73,7 +73,7 @@ def test_report_writes_an_overlay_per_case_and_links_it(evaluated, tmp_path):
         assert width > 3 * height  # four map panels side by side
     links = linked_files(report)
     assert set(pngs) <= set(links) and all(p.is_file() for p in links)
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "threshold mean ± std" in text and "model minus threshold" in text
     assert "## Clinical volumes" in text
 
