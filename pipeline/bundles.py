@@ -6,10 +6,13 @@ command, so that what the CLI does can be repeated with MONAI's own tooling.
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +94,134 @@ def bundle_command(
     return command
 
 
-def run_command(command: Sequence[str]) -> int:
-    """Print ``command`` as one shell line, run it from the project root, return its exit status."""
-    print(shlex.join(command), flush=True)
-    return subprocess.run(list(command), cwd=str(PROJECT_ROOT)).returncode
+# Signals that ``run_command`` passes on to the child it waits for.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel send the child SIGTERM when this process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so that even a ``kill -9`` of the wrapper stops the bundle run cleanly;
+    ``None`` where that is not available. libc is looked up here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class TracebackCondenser:
+    """Turns a child's output into what the CLI contract allows: each Python traceback becomes its last line.
+
+    Feed it the child's lines in order; lines outside a traceback come back unchanged. A traceback (from
+    ``Traceback (most recent call last):`` through its indented frames, chained ones included) comes back as
+    its exception line only, e.g. ``pipeline.engines.CaseFailuresError: 1 case(s) failed...``.
+    """
+
+    _CHAIN = ("The above exception was the direct cause of the following exception:",
+              "During handling of the above exception, another exception occurred:")
+
+    def __init__(self) -> None:
+        self.inside = False
+
+    def feed(self, line: str) -> str:
+        """Return what to show of ``line`` ("" for a line of a traceback's body)."""
+        text = line.rstrip("\n")
+        if text.startswith("Traceback (most recent call last):"):
+            self.inside = True
+            return ""
+        if self.inside:
+            if not text.strip() or text.startswith((" ", "\t")) or text.strip() in self._CHAIN:
+                return ""
+            self.inside = False  # the exception line closes the traceback
+            return line
+        if text.strip() in self._CHAIN:
+            return ""
+        return line
+
+
+def _pump(source, sink, condense: bool) -> None:
+    condenser = TracebackCondenser() if condense else None
+    for raw in iter(source.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        shown = condenser.feed(line) if condenser is not None else line
+        if shown:
+            sink.write(shown)
+            sink.flush()
+    source.close()
+
+
+def run_command(
+    command: Sequence[str],
+    pass_fds: Sequence[int] = (),
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    condense_tracebacks: bool = True,
+    shown: Sequence[str] | None = None,
+) -> int:
+    """Print ``command`` as one shell line, run it from the project root, wait for it, return its exit status.
+
+    SIGTERM and SIGINT (Ctrl-C) received meanwhile are passed on to the child, and the wrapper goes on waiting
+    for it, so that the child stops where it can stop cleanly (a bundle's trainer after the current iteration,
+    with its final checkpoint) and no run goes on alone in the background. On Linux the child also gets SIGTERM
+    when this process dies, even by ``kill -9``.
+
+    Args:
+        command: the argument list (``sys.executable`` first).
+        pass_fds: file descriptors the child inherits (e.g. the training lock, then held until both have exited).
+        on_start: called with the started ``Popen`` (e.g. to record the child's PID).
+        condense_tracebacks: show each traceback of the child (stdout and stderr) as its last line only, as the
+            CLI promises (``--debug`` turns this off).
+        shown: the command line to print instead of ``command`` (e.g. with the final output folder where the
+            run writes into a staging folder); ``command`` itself is run.
+
+    Returns:
+        The child's exit status (negative: killed by that signal, as ``subprocess`` reports it).
+    """
+    print(shlex.join(shown or command), flush=True)
+    received: list[int] = []
+    started: list[subprocess.Popen] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        if started and started[0].poll() is None:
+            started[0].send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in FORWARDED_SIGNALS:
+            previous[signum] = signal.signal(signum, forward)
+    try:
+        child = subprocess.Popen(list(command), cwd=str(PROJECT_ROOT), pass_fds=tuple(pass_fds),
+                                 preexec_fn=_parent_death_signal(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(child)
+        pumps = [threading.Thread(target=_pump, args=(pipe, sink, condense_tracebacks), daemon=True)
+                 for pipe, sink in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]
+        for pump in pumps:
+            pump.start()
+        if received:  # a signal came while the child was being started
+            child.send_signal(received[-1])
+        try:
+            if on_start is not None:
+                on_start(child)
+            status = child.wait()
+            for pump in pumps:
+                pump.join()
+            return status
+        finally:
+            if child.poll() is None:  # on_start or the wait failed: never leave the child running alone
+                child.terminate()
+                child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

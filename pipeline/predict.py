@@ -368,7 +368,7 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
 
     Raises:
         LayoutError, CaseError: from the layout readers.
-        ValueError: the folder has no case of ``split``.
+        ValueError: the folder has no case of ``split``, or the datalist file is not a JSON object.
     """
     import json
 
@@ -376,7 +376,14 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
     from pipeline.data.layouts import discover_cases
 
     if input_path.is_file():
-        return input_path, split, json.loads(input_path.read_text())
+        try:
+            data = json.loads(input_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"datalist {str(input_path)!r} is not readable JSON ({err}); give a datalist written by "
+                             "`python -m pipeline prepare` or a dataset folder") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"datalist {str(input_path)!r} is not a JSON object with 'training'/'testing' lists")
+        return input_path, split, data
     found_layout, profile, records = discover_cases(input_path, layout)
     records = [r for r in records if r.split == split]
     if not records:
@@ -471,12 +478,13 @@ def run_predict(args) -> int:
         try:
             staged = [(k, str(staging) if k == "output_dir" else v) for k, v in settings]
             command = bundle_command(bundle, "inference.json", profile, staged + overrides, extra_configs)
+            equivalent = bundle_command(bundle, "inference.json", profile, settings + overrides, extra_configs)
             if nproc > 1:
-                command = torchrun_command(command, nproc)
+                command, equivalent = torchrun_command(command, nproc), torchrun_command(equivalent, nproc)
             processes = f", {nproc} processes" if nproc > 1 else ""
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
-            status = run_command(command)
+            status = run_command(command, condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
             manifest = read_manifest(staging)
             if manifest is None:
                 raise CaseError(None, str(output_dir),

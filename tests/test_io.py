@@ -43,3 +43,36 @@ def test_written_files_get_the_mode_of_an_ordinary_open(tmp_path):
     plain.write_text("x")
     atomic = atomic_write_json(tmp_path / "out.json", {"version": 1})
     assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.io import atomic_write_text
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    target = tmp_path / "out" / "table.csv"
+    atomic_write_text(target, "a,b\n")
+    assert len(synced) == 2
+    assert ".table.csv.partial-" in synced[0]  # the temporary file, before it became the final name
+    assert synced[1] == str(target.parent)  # the folder, after the rename
+    assert target.read_text() == "a,b\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+
+def test_a_failed_atomic_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
+    from pipeline.io import atomic_path
+
+    target = tmp_path / "mask.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk went away")
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.networks import UNetPlusPlus
@@ -21,3 +22,17 @@ def predict_args(dataset: Path, *extra: str) -> list[str]:
     """The argv of ``predict`` with the tiny weights of :func:`small_dataset`."""
     return ["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
             "--set", "features=[" + ",".join(map(str, TINY_FEATURES)) + "]", *extra]
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system has no block left."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)

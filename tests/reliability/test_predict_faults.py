@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from reliability_helpers import predict_args
+from reliability_helpers import fill, predict_args
 from pipeline.__main__ import main
 from pipeline.io import is_partial_file
 from pipeline.manifest import read_manifest
@@ -49,41 +48,13 @@ def test_kill_9_during_predict_leaves_the_earlier_results_and_the_rerun_complete
     assert sorted(e.case_id for e in read_manifest(out)) == ["case_1", "case_2", "case_3"]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs at tmp_path/disk (skipped where this process may not mount one)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
-def fill(disk: Path) -> None:
-    """Fill the file system until no block is left."""
-    fd = os.open(str(disk / "filler"), os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (65536, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-
-
 def test_a_full_disk_while_writing_predictions_gives_a_message_and_keeps_the_earlier_results(
         small_dataset, small_disk, capfd):
     out = small_disk / "pred"
     args = predict_args(small_dataset, "--input", str(small_dataset / "datalist.json"), "--output", str(out))
     assert main(args) == 0
     earlier = results(out)
-    fill(small_disk)
+    fill(small_disk / "filler")
     capfd.readouterr()
     assert main(args + ["--overwrite"]) != 0
     err = capfd.readouterr().err

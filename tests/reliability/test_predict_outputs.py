@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from reliability_helpers import TINY_FEATURES, predict_args, tiny_network
+from reliability_helpers import predict_args, tiny_network
 from pipeline.__main__ import main
 from pipeline.io import is_partial_file
 from pipeline.manifest import read_manifest
@@ -203,3 +203,14 @@ def test_a_channel_of_an_unsupported_datatype_fails_that_case_only(small_dataset
     assert list(rows) == ["case_3"] and cbf.name in rows["case_3"]["error"]
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_2.nii.gz"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("content", ['{"testing": [', "[1, 2]", "\x00\xff"])
+def test_a_malformed_datalist_is_refused_naming_it(small_dataset, tmp_path, content, capfd):
+    datalist = tmp_path / "broken.json"
+    datalist.write_bytes(content.encode("latin-1"))
+    out = tmp_path / "pred"
+    assert main(predict_args(small_dataset, "--input", str(datalist), "--output", str(out))) == 2
+    err = capfd.readouterr().err
+    assert str(datalist) in err and "Traceback" not in err
+    assert files_under(out) == []
