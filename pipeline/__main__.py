@@ -22,15 +22,6 @@ from pipeline.data.datalist import ALL_FOLDS
 from pipeline.errors import EXIT_INTERRUPTED, CaseError, LayoutError, cli_message
 
 
-def _print_table(rows: list[dict], columns: list[str]) -> None:
-    if not rows:
-        return
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print("  " + "  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  " + "  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
-
-
 def command_synth(args: argparse.Namespace) -> int:
     """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite]``."""
     from pipeline.data.synthetic import write_synthetic_dataset

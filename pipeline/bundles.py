@@ -121,6 +121,19 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return preexec
 
 
+def process_alive(pid: Any) -> bool:
+    """True when a process with this PID exists (also one of another user); False for a dead or malformed PID."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (TypeError, ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
 class TracebackCondenser:
     """Turns a child's output into what the CLI contract allows: each Python traceback becomes its last line.
 

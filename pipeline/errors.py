@@ -60,9 +60,8 @@ EXIT_INTERRUPTED = 130
 def cli_message(err: BaseException) -> tuple[int, str]:
     """The exit status and the one-paragraph message of the CLI for an exception (no traceback).
 
-    Bad input (:class:`CaseError`, :class:`LayoutError`, ``ValueError``, ``FileNotFoundError``, ``KeyError`` of a
-    missing record field, a malformed JSON file) gives exit status 2 and its own message, which names the case and
-    the file. A file-system error (full disk, permissions) gives 1 with the file and the system's reason.
+    Bad input (:class:`CaseError`, :class:`LayoutError`, ``ValueError`` such as a malformed JSON file,
+    ``FileNotFoundError``) gives exit status 2 and its own message, which names the case and the file. A file-system error (full disk, permissions) gives 1 with the file and the system's reason.
     Anything else gives 1 with its type and message and a pointer to ``--debug``.
 
     Args:

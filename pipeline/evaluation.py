@@ -52,7 +52,9 @@ from pipeline.data.datalist import load_datalist, natural_key, strip_image_suffi
 from pipeline.data.layouts import detect_layout, discover_cases
 from pipeline.errors import CaseError, LayoutError
 from pipeline.io import Geometry, atomic_path, atomic_write_json, read_array, read_geometry
-from pipeline.manifest import FAILED, MANIFEST_NAME, WRITTEN, ManifestEntry, read_manifest
+from pipeline.manifest import (
+    FAILED, FAILURES_NAME, MANIFEST_NAME, PROBABILITIES_SUFFIX, RUN_FILES, WRITTEN, ManifestEntry, read_manifest,
+)
 from pipeline.metrics import METRIC_NAMES, case_metrics, volume_ml
 from pipeline.transforms import grid_difference
 
@@ -69,10 +71,6 @@ GROUND_TRUTH_FOLDER = "TESTING_GROUND_TRUTH"
 _SMIR_RE = re.compile(r"^SMIR\..*\.(\d+)$", re.IGNORECASE)
 _ISLES22_RE = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:_[A-Za-z0-9-]+)*$")
 _MASK_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
-FAILURES_CSV = "failures.csv"
-# Files a prediction folder may hold beside the masks; never taken for predictions.
-NOT_PREDICTIONS = (MANIFEST_NAME, FAILURES_CSV)
-PROBABILITIES_SUFFIX = "_probabilities.npz"
 PREDICTION_PATTERNS = (
     "<case_id>.nii.gz (or .nii, .mha, .nrrd)",
     "SMIR.<name>.<ID>.nii (ID: the SMIR id of the case's CT_MTT folder)",
@@ -153,7 +151,7 @@ def is_prediction_name(name: str) -> bool:
     ``failures.csv`` or a ``*_probabilities.npz`` map."""
     lower = name.lower()
     return (
-        not name.startswith(".") and name not in NOT_PREDICTIONS and not lower.endswith(PROBABILITIES_SUFFIX)
+        not name.startswith(".") and name not in RUN_FILES and not lower.endswith(PROBABILITIES_SUFFIX)
         and lower.endswith(_MASK_SUFFIXES)
     )
 
@@ -205,18 +203,15 @@ def datalist_label_values(path: str | Path) -> dict | None:
     named it).
 
     Raises:
-        ValueError: the datalist is not readable JSON, or the profile or its ``label_values`` is malformed.
+        FileNotFoundError: no such datalist.
+        ValueError: the datalist is not a readable JSON object, or the profile or its ``label_values`` is malformed.
     """
     from pipeline.bundles import profile_path
+    from pipeline.data.datalist import read_datalist_json
     from pipeline.data.profiles import load_profile
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"datalist {str(path)!r} is not readable JSON: {err}") from err
-    if not isinstance(data, dict):
-        return None
+    data = read_datalist_json(path)
     profile = profile_path(data)
     if not profile.is_absolute() and not profile.is_file() and (path.parent / profile).is_file():
         profile = path.parent / profile
@@ -1000,7 +995,7 @@ def nothing_to_score_message(pred: str | Path, truth: str | Path, kind: str, sel
     text = (
         f"nothing to score: no prediction could be paired with a labelled truth case. Looked in "
         f"{str(pred)!r} (and its subfolders) for masks named {', '.join(PREDICTION_PATTERNS)} (leaving out "
-        f"{', '.join(NOT_PREDICTIONS)}, *{PROBABILITIES_SUFFIX} and hidden files): {found}. Truth {str(truth)!r} "
+        f"{', '.join(RUN_FILES)}, *{PROBABILITIES_SUFFIX} and hidden files): {found}. Truth {str(truth)!r} "
         f"({kind}): {len(cases)} labelled case(s) of {len(records)} record(s)"
         + (f" ({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})" if ids else "")
     )
@@ -1103,7 +1098,7 @@ def evaluate_predictions(
         case = _choose(reading, found, pairing.run_split)[0] if found else None
         key = case.key if case is not None and case.label else entry.case_id
         if entry.status == FAILED:
-            file = str(Path(pred) / FAILURES_CSV) if (Path(pred) / FAILURES_CSV).is_file() else str(selection.manifest)
+            file = str(Path(pred) / FAILURES_NAME) if (Path(pred) / FAILURES_NAME).is_file() else str(selection.manifest)
             error = CaseError(key, file, f"predict failed on this case in run {runs}"
                               f"{f' ({entry.error})' if entry.error else ''}; it has no prediction to score")
         else:

@@ -22,6 +22,10 @@ from pathlib import Path
 from pipeline.io import atomic_write_text
 
 MANIFEST_NAME = "manifest.csv"
+# The other files a prediction folder holds beside the masks, written by predict and never taken for predictions.
+FAILURES_NAME = "failures.csv"
+RUN_FILES = (MANIFEST_NAME, FAILURES_NAME)
+PROBABILITIES_SUFFIX = "_probabilities.npz"
 WRITTEN = "written"
 FAILED = "failed"
 STATUSES = (WRITTEN, FAILED)

@@ -26,17 +26,18 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
+from pipeline.bundles import bundle_command, check_bundle, parse_overrides, process_alive, profile_path, run_command
 from pipeline.data.datalist import strip_image_suffix
 from pipeline.distributed import torchrun_command
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError, root_cause
 from pipeline.io import IMAGE_SUFFIXES, atomic_path, fsync_directory, remove_stale_partials, write_mask_like
-from pipeline.manifest import FAILED, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest
+from pipeline.manifest import (
+    FAILED, FAILURES_NAME, MANIFEST_NAME, PROBABILITIES_SUFFIX, RUN_FILES, WRITTEN, new_run_id, read_manifest,
+)
 from pipeline.paths import path_in, plain_component
 from pipeline.training import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides, trained_network_overrides
 
 OUTPUT_FORMATS = ("nifti", "isles2018", "isles2022")
-PROBABILITIES_SUFFIX = "_probabilities.npz"
 TEAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -179,8 +180,6 @@ class SavePredictiond(MapTransform):
 # The `predict` command
 # ---------------------------------------------------------------------------------------------
 STAGING_PREFIX = ".staging-"
-# the files a predict run owns in its output folder besides the predictions themselves
-RUN_FILES = (MANIFEST_NAME, "failures.csv")
 
 
 def is_result_file(path: Path) -> bool:
@@ -243,23 +242,13 @@ def planned_output_names(
     return names
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clear_stale_staging(output_dir: Path) -> list[Path]:
     """Remove the staging folders that killed runs left in ``output_dir`` (those whose process is gone) and
     the partial files of interrupted writes. Returns what was removed."""
     removed = list(remove_stale_partials(output_dir))
     for folder in output_dir.glob(f"{STAGING_PREFIX}*"):
         pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if folder.is_dir() and (not pid.isdigit() or not _pid_alive(int(pid))):
+        if folder.is_dir() and not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
@@ -370,20 +359,11 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
         LayoutError, CaseError: from the layout readers.
         ValueError: the folder has no case of ``split``, or the datalist file is not a JSON object.
     """
-    import json
-
-    from pipeline.data.datalist import build_datalist, select_channels, write_datalist
+    from pipeline.data.datalist import build_datalist, read_datalist_json, select_channels, write_datalist
     from pipeline.data.layouts import discover_cases
 
     if input_path.is_file():
-        try:
-            data = json.loads(input_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"datalist {str(input_path)!r} is not readable JSON ({err}); give a datalist written by "
-                             "`python -m pipeline prepare` or a dataset folder") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"datalist {str(input_path)!r} is not a JSON object with 'training'/'testing' lists")
-        return input_path, split, data
+        return input_path, split, read_datalist_json(input_path)
     found_layout, profile, records = discover_cases(input_path, layout)
     records = [r for r in records if r.split == split]
     if not records:
@@ -433,8 +413,6 @@ def run_predict(args) -> int:
         raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} not found: train the bundle first or give --checkpoint")
     if args.format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown --format {args.format!r}")
-    if args.format == "isles2018" and not TEAM_NAME.match(args.name or ""):
-        raise ValueError(f"--name {args.name!r} must be letters, digits, '_' or '-' (it sits between dots)")
     overrides = parse_overrides(args.set)
     already = existing_outputs(output_dir)
     if already and not args.overwrite:
@@ -497,7 +475,7 @@ def run_predict(args) -> int:
     failed = [e for e in manifest if e.status == FAILED]
     print(f"predict: wrote {len(written)} prediction(s) to {output_dir} (manifest: {output_dir / MANIFEST_NAME})")
     if failed:
-        print(f"predict: {len(failed)} case(s) failed (table: {output_dir / 'failures.csv'}):", file=sys.stderr)
+        print(f"predict: {len(failed)} case(s) failed (table: {output_dir / FAILURES_NAME}):", file=sys.stderr)
         for entry in failed:
             print(f"  {entry.error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -37,7 +37,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import PrepareBatchDefault
 
-from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
+from pipeline.bundles import bundle_command, check_bundle, parse_overrides, process_alive, profile_path, run_command
 from pipeline.data.datalist import ALL_FOLDS
 from pipeline.precision import AutocastInferer
 
@@ -147,16 +147,10 @@ def log_dir(args) -> Path:
 # Before a run: everything that can be checked without training
 # ---------------------------------------------------------------------------------------------
 def _read_datalist(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist {str(path)!r} not found: run `python -m pipeline prepare` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"datalist {str(path)!r} is not valid JSON ({err}): write it again with "
-                         "`python -m pipeline prepare`") from None
-    except OSError as err:
-        raise ValueError(f"datalist {str(path)!r} cannot be read: {err.strerror or err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("training"), list):
+    from pipeline.data.datalist import read_datalist_json
+
+    data = read_datalist_json(path)
+    if not isinstance(data.get("training"), list):
         raise ValueError(f"datalist {str(path)!r} has no 'training' list of case records: is it a datalist written "
                          "by `python -m pipeline prepare`?")
     return data
@@ -300,18 +294,6 @@ class TrainingLockedError(ValueError):
     """Another training run holds the checkpoint folder (:class:`TrainingLock`)."""
 
 
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (TypeError, ValueError, OverflowError, OSError):
-        return False
-    return True
-
-
 class TrainingLock:
     """The lock of a checkpoint folder: one training run at a time writes there.
 
@@ -384,7 +366,7 @@ class TrainingLock:
             return False
         if holder.get("host") not in (None, socket.gethostname()):
             return True  # another host's run cannot be checked from here
-        return any(_pid_alive(holder.get(key)) for key in ("pid", "child_pid") if holder.get(key))
+        return any(process_alive(holder.get(key)) for key in ("pid", "child_pid") if holder.get(key))
 
     def describe(self, holder: Mapping[str, Any] | None) -> str:
         """``PID 123 on host h (started ...; its bundle run is PID 124)``, from a lock file's content."""

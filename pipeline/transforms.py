@@ -138,6 +138,29 @@ def check_case_geometry(
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+def load_one_volume(loader: LoadImage, case_id: str | None, path: str, name: str) -> MetaTensor:
+    """Read one file with ``loader`` (channel first) and check that it holds a single 3D volume.
+
+    Args:
+        loader: MONAI ``LoadImage`` with ``ensure_channel_first``.
+        case_id, path: named in errors.
+        name: what the file is (``CBF``, ``the label``), named in errors.
+
+    Returns:
+        The volume, ``(1, *spatial)``.
+
+    Raises:
+        CaseError: the file cannot be read, or holds several volumes.
+    """
+    try:
+        image = loader(path)
+    except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
+        raise CaseError(case_id, path, f"cannot read {name}: {str(root_cause(err)).strip()}") from err
+    if image.shape[0] != 1:
+        raise CaseError(case_id, path, f"{name} holds {image.shape[0]} volumes; one 3D volume is expected")
+    return image
+
+
 class LoadModalitiesd(MapTransform):
     """Load a case's per-modality files and stack them as channels on the reference modality's grid.
 
@@ -205,13 +228,8 @@ class LoadModalitiesd(MapTransform):
         self.resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros")
 
     def _load_channel(self, case_id: str | None, name: str, path: str) -> MetaTensor:
-        check_image_dtype(path, case_id)  # bool or complex voxels are refused, not silently cast
-        try:
-            image = self.loader(path)
-        except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
-            raise CaseError(case_id, path, f"cannot read {name}: {str(root_cause(err)).strip()}") from err
-        if image.shape[0] != 1:
-            raise CaseError(case_id, path, f"{name} holds {image.shape[0]} volumes; one 3D volume per channel is expected")
+        # the data type was checked with the grids (check_case_geometry) before any channel is read
+        image = load_one_volume(self.loader, case_id, path, name)
         finite = torch.isfinite(image)
         if not bool(finite.all()):
             count = int((~finite).sum())
@@ -305,13 +323,8 @@ class LoadLabeld(MapTransform):
         image = d.get(self.image_key)
         for key in self.key_iterator(d):
             path = str(d[key])
-            check_image_dtype(path, case_id)
-            try:
-                label = self.loader(path)
-            except Exception as err:  # noqa: BLE001 - readers raise many types; the message names case and file
-                raise CaseError(case_id, path, f"cannot read the label: {str(root_cause(err)).strip()}") from err
-            if label.shape[0] != 1:
-                raise CaseError(case_id, path, f"the label holds {label.shape[0]} volumes; one 3D mask is expected")
+            check_image_dtype(path, case_id)  # also where no LoadModalitiesd checked the label's file
+            label = load_one_volume(self.loader, case_id, path, "the label")
             if isinstance(image, torch.Tensor) and tuple(label.shape[1:]) != tuple(image.shape[1:]):
                 raise GeometryError(case_id, path, f"the label's shape {tuple(label.shape[1:])} is not the image's "
                                                    f"{tuple(image.shape[1:])}")

@@ -267,6 +267,29 @@ def _absolute(value: Any, base: Path) -> Any:
     return value
 
 
+def read_datalist_json(path: str | Path) -> dict[str, Any]:
+    """Read a datalist file as a JSON object (the one reader of datalist files: every phase names the same faults).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read, is not valid JSON, or is not a JSON object; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {str(path)!r} not found: run `python -m pipeline prepare` first")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"datalist {str(path)!r} is not valid JSON ({err}): write it again with "
+                         "`python -m pipeline prepare`") from None
+    except OSError as err:
+        raise ValueError(f"datalist {str(path)!r} cannot be read: {err.strerror or err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"datalist {str(path)!r} is not a JSON object with 'training'/'testing' lists: is it a "
+                         "datalist written by `python -m pipeline prepare`?")
+    return data
+
+
 ALL_FOLDS = "all"
 
 
@@ -296,15 +319,7 @@ def load_datalist(
         ValueError: the file is not a datalist, lacks the split, or the fold does not exist.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist {str(path)!r} not found")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"datalist {str(path)!r} is not readable JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"datalist {str(path)!r} is not a JSON object")
+    data = read_datalist_json(path)
     key = split
     if key not in data and split == "testing" and "test" in data:
         key = "test"

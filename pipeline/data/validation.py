@@ -75,38 +75,39 @@ def check_records(
             the wrong number of channel files, contradicts its modality map (naming both files), or names a
             missing file. The message names the record (its position and case) and the file.
     """
+    source = str(datalist) if datalist else None  # the file named in errors about a record
     seen: dict[str, int] = {}
     for index, record in enumerate(records):
         where = _where(datalist, split, index)
         if not isinstance(record, Mapping):
-            raise CaseError(None, str(datalist) if datalist else None, f"{where} is not an object with case_id and image")
+            raise CaseError(None, source, f"{where} is not an object with case_id and image")
         case_id = record.get("case_id")
         if case_id is None or str(case_id) == "":
-            raise CaseError(None, str(datalist) if datalist else None,
+            raise CaseError(None, source,
                             f"{where} has no 'case_id'; outputs and results are named by it. Give every record "
                             "a unique case_id (prepare writes them)")
         try:
             case_id = plain_component(case_id, case_id, "case_id")
         except CaseError as err:
-            raise CaseError(str(case_id), str(datalist) if datalist else None, f"{where}: {err.message}") from None
+            raise CaseError(str(case_id), source, f"{where}: {err.message}") from None
         if case_id in seen:
-            raise CaseError(case_id, str(datalist) if datalist else None,
+            raise CaseError(case_id, source,
                             f"records {seen[case_id]} and {index} of the {split!r} list share the case_id {case_id!r}; "
                             "their outputs would overwrite each other. Give every record a unique case_id")
         seen[case_id] = index
         image = record.get("image")
         paths = [image] if isinstance(image, (str, Path)) else image
         if not paths or not isinstance(paths, (list, tuple)):
-            raise CaseError(case_id, str(datalist) if datalist else None, f"{where} has no 'image' list of channel files")
+            raise CaseError(case_id, source, f"{where} has no 'image' list of channel files")
         if channels is not None and len(paths) != len(channels):
-            raise CaseError(case_id, str(datalist) if datalist else None,
+            raise CaseError(case_id, source,
                             f"{where} has {len(paths)} channel file(s) for the {len(channels)} channels "
                             f"{', '.join(channels)}")
         if channels is not None:
             check_channel_files(case_id, list(channels), [str(p) for p in paths], record.get("modalities"))
         label = record.get("label")
         if require_label and not label:
-            raise CaseError(case_id, str(datalist) if datalist else None, f"{where} has no 'label'; training needs one")
+            raise CaseError(case_id, source, f"{where} has no 'label'; training needs one")
         if require_files:
             for path in [*paths, *([label] if label else [])]:
                 if not os.path.exists(str(path)):
