@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data.fingerprint import compute_fingerprint, summarize_fingerprint, write_fingerprint
+from pipeline.planning.fingerprint import compute_fingerprint, summarize_fingerprint, write_fingerprint
 from pipeline.data.profiles import load_profile
 from pipeline.data.records import CaseRecord
 

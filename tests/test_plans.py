@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.__main__ import main
-from pipeline.data.plans import derive_plans, estimate_training_memory_mb, load_plans, write_plans
+from pipeline.planning.plans import derive_plans, estimate_training_memory_mb, load_plans, write_plans
 from pipeline.networks import UNetPlusPlus
 
 CTP = ["CBF", "CBV", "MTT", "Tmax"]
@@ -330,3 +330,11 @@ def test_resample_pixdim_is_what_spacingd_takes_a_zero_keeps_the_thick_slices():
     # all zeros is the bundles' default: MONAI's Spacingd then leaves the data untouched
     kept = Spacingd("image", pixdim=[0.0, 0.0, 0.0])({"image": slab})["image"]
     assert torch.equal(kept.as_tensor(), slab.as_tensor())
+
+
+def test_the_plans_depth_limit_is_the_networks():
+    """Plans never ask for a deeper UNet++ than the network builds (the limit is written in both places)."""
+    from pipeline.networks.unetpp import MAX_DEPTH as NETWORK_MAX_DEPTH
+    from pipeline.planning.plans import MAX_DEPTH as PLANS_MAX_DEPTH
+
+    assert PLANS_MAX_DEPTH == NETWORK_MAX_DEPTH

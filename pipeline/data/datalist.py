@@ -7,7 +7,6 @@ moved together. Every later phase (train, predict, evaluate) reads the cases fro
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import MissingModalityError
-from pipeline.io import atomic_write_json
+from pipeline.io.atomic import atomic_write_json
+from pipeline.io.jsonfile import read_json
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 _PATH_KEYS = ("image", "label", "reference")
@@ -274,20 +274,14 @@ def read_datalist_json(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: no such file.
         ValueError: the file cannot be read, is not valid JSON, or is not a JSON object; the message names it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist {str(path)!r} not found: run `python -m pipeline prepare` first")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"datalist {str(path)!r} is not valid JSON ({err}): write it again with "
-                         "`python -m pipeline prepare`") from None
-    except OSError as err:
-        raise ValueError(f"datalist {str(path)!r} cannot be read: {err.strerror or err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"datalist {str(path)!r} is not a JSON object with 'training'/'testing' lists: is it a "
-                         "datalist written by `python -m pipeline prepare`?")
-    return data
+    return read_json(
+        path,
+        f"datalist {str(path)!r}",
+        missing="{what} not found: run `python -m pipeline prepare` first",
+        invalid="{what} is not valid JSON ({reason}): write it again with `python -m pipeline prepare`",
+        not_object="{what} is not a JSON object with 'training'/'testing' lists: is it a datalist written by "
+                   "`python -m pipeline prepare`?",
+    )
 
 
 ALL_FOLDS = "all"

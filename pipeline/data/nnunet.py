@@ -8,7 +8,6 @@ reports it (and can leave it out on request).
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from pipeline.data.datalist import natural_key
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import CaseError, LayoutError
+from pipeline.io.jsonfile import read_json
 
 DATASET_JSON = "dataset.json"
 DEFAULT_ENDING = ".nii.gz"
@@ -36,14 +36,10 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
         LayoutError: the file is missing, unreadable, or not a JSON object.
     """
     path = Path(root) / DATASET_JSON
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as err:
-        raise LayoutError(f"{path}: cannot read the nnU-Net dataset.json ({err})") from err
-    if not isinstance(data, dict):
-        raise LayoutError(f"{path}: the nnU-Net dataset.json is not a JSON object")
-    return data
+    cannot_read = "{what} cannot read the nnU-Net dataset.json ({reason})"
+    return read_json(path, f"{path}:", missing=cannot_read, unreadable=cannot_read, invalid=cannot_read,
+                     not_object="{what} the nnU-Net dataset.json is not a JSON object",
+                     error=LayoutError, missing_error=LayoutError)
 
 
 def channel_map(data: dict[str, Any], where: Path | str = DATASET_JSON) -> dict[int, str]:

@@ -1,0 +1,1 @@
+"""Plans: the dataset fingerprint and the plans derived from it."""
