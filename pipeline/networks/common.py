@@ -84,6 +84,49 @@ def resolve_size_divisor(
     return list(per_level_sizes([size_divisor], 1, spatial_dims, 1, "size_divisor")[0])
 
 
+def resolve_depth_and_features(
+    spatial_dims: int,
+    depth: int | None,
+    strides: Sequence[Sequence[int] | int] | int | None,
+    features: Sequence[int] | None,
+    base_features: int,
+    depth_range: tuple[int, int],
+    network_name: str | None = None,
+) -> tuple[int, list[int]]:
+    """Check the arguments the U-Net and UNet++ share and fill in their defaults.
+
+    Args:
+        spatial_dims: 2 or 3.
+        depth: number of downsamplings; None takes ``len(strides)`` when ``strides`` is a sequence, else 4.
+        strides: the network's ``strides`` argument (only its length is read here).
+        features: channels per level, ``depth + 1`` entries; None takes ``base_features * 2**i``.
+        base_features: channels of level 0 when ``features`` is None.
+        depth_range: the smallest and largest depth the network supports.
+        network_name: named in the depth error (``"... for the U-Net"``) when given.
+
+    Returns:
+        The depth and the ``depth + 1`` widths, as ints.
+
+    Raises:
+        ValueError: ``spatial_dims`` not 2 or 3, a depth outside ``depth_range``, or ``features`` that are not
+            ``depth + 1`` positive widths.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if depth is None:
+        depth = len(strides) if isinstance(strides, Sequence) else 4
+    low, high = depth_range
+    if not low <= depth <= high:
+        network = f" for the {network_name}" if network_name else ""
+        raise ValueError(f"depth must be between {low} and {high}{network}, got {depth}")
+    if features is None:
+        features = [base_features * 2**i for i in range(depth + 1)]
+    features = [int(f) for f in features]
+    if len(features) != depth + 1 or min(features) < 1:
+        raise ValueError(f"features must give {depth + 1} positive widths (depth + 1), got {features}")
+    return depth, features
+
+
 def check_input_dims(x: torch.Tensor, spatial_dims: int) -> None:
     """Raise ValueError unless ``x`` is a batch (N, C, *spatial) with ``spatial_dims`` spatial axes."""
     if x.dim() != spatial_dims + 2:

@@ -24,6 +24,7 @@ from pipeline.networks.common import (
     crop_spatial,
     pad_to_multiple,
     per_level_sizes,
+    resolve_depth_and_features,
     resolve_size_divisor,
 )
 
@@ -95,12 +96,9 @@ class UNet(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if depth is None:
-            depth = len(strides) if isinstance(strides, Sequence) else 4
-        if not 2 <= depth <= 6:
-            raise ValueError(f"depth must be between 2 and 6 for the U-Net, got {depth}")
+        depth, features = resolve_depth_and_features(
+            spatial_dims, depth, strides, features, base_features, (2, 6), network_name="U-Net"
+        )
         if upsample != "deconv":
             raise ValueError(f"the U-Net (DynUNet) supports only upsample='deconv', got {upsample!r}")
         if deep_supervision_heads is None:
@@ -109,11 +107,6 @@ class UNet(nn.Module):
             raise ValueError(
                 f"deep_supervision_heads must be between 1 and depth-1={depth - 1}, got {deep_supervision_heads}"
             )
-        if features is None:
-            features = [base_features * 2**i for i in range(depth + 1)]
-        features = [int(f) for f in features]
-        if len(features) != depth + 1 or min(features) < 1:
-            raise ValueError(f"features must give {depth + 1} positive widths (depth + 1), got {features}")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

@@ -33,6 +33,7 @@ from pipeline.networks.common import (
     init_kaiming,
     pad_to_multiple,
     per_level_sizes,
+    resolve_depth_and_features,
     resolve_size_divisor,
 )
 
@@ -209,12 +210,9 @@ class UNetPlusPlus(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        if depth is None:
-            depth = len(strides) if isinstance(strides, Sequence) else 4
-        if not 1 <= depth <= MAX_DEPTH:
-            raise ValueError(f"depth must be between 1 and {MAX_DEPTH}, got {depth}")
+        depth, features = resolve_depth_and_features(
+            spatial_dims, depth, strides, features, base_features, (1, MAX_DEPTH)
+        )
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if inference_output not in INFERENCE_OUTPUTS:
@@ -222,11 +220,6 @@ class UNetPlusPlus(nn.Module):
         inference_level = depth if inference_level is None else int(inference_level)
         if not 1 <= inference_level <= depth:
             raise ValueError(f"inference_level must be between 1 and depth={depth}, got {inference_level}")
-        if features is None:
-            features = [base_features * 2**i for i in range(depth + 1)]
-        features = [int(f) for f in features]
-        if len(features) != depth + 1 or min(features) < 1:
-            raise ValueError(f"features must give {depth + 1} positive widths (depth + 1), got {features}")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels

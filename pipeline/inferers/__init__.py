@@ -1,0 +1,63 @@
+"""Inference over whole volumes: the inferer the bundles use, chosen per network, and the inferers it chooses from.
+
+The default path is :func:`segmentation_inferer` (the bundles' ``_target_: pipeline.inferers.segmentation_inferer``,
+given ``roi_size`` from :func:`sliding_window_roi` of the training patch). It inspects the network, without calling
+it, and picks by what the network's output depends on:
+
+- a tile-independent network (:func:`tile_independent`: no normalisation takes statistics over its input, e.g.
+  batch norm in eval mode) that has a ``size_divisor`` (:func:`size_divisor_of`) gets :class:`OverlapTileInferer`
+  with tiles grown from ``roi_size`` up to :data:`DEFAULT_MAX_TILE_VOXELS` per tile (a 256x256xN slab in one pass);
+- any other network (instance norm, as in nnU-Net) gets MONAI's sliding windows of ``roi_size`` with overlap 0.5
+  and Gaussian blending, as :class:`WindowBudgetInferer` (as many windows per call as fit
+  :data:`DEFAULT_MAX_BATCH_VOXELS`), or as MONAI's ``SlidingWindowInferer`` when ``sw_batch_size`` is given;
+- either runs inside :class:`pipeline.precision.AutocastInferer` (autocast only with ``amp``).
+
+Modules:
+
+- :mod:`~pipeline.inferers.selection`: :func:`segmentation_inferer`, the choice above;
+- :mod:`~pipeline.inferers.network_traits`: what the choice and the tiling read off a network
+  (:func:`is_valid_conv`, :func:`size_divisor_of`, :func:`tile_independent`, the valid-convolution margin);
+- :mod:`~pipeline.inferers.roi`: :func:`checked_roi_size` and :func:`sliding_window_roi`;
+- :mod:`~pipeline.inferers.window_budget`: :class:`WindowBudgetInferer`, MONAI's windows batched by a voxel budget;
+- :mod:`~pipeline.inferers.overlap_tile`: :class:`OverlapTileInferer` (mirrored borders, valid-centre cropping,
+  grown tiles, flip TTA, ensembles) and its output contract;
+- :mod:`~pipeline.inferers.tiling`: its tile plans (:class:`AxisPlan`, :class:`TilePlan`, :func:`auto_margin`) and
+  the valid output sizes of valid-convolution networks;
+- :mod:`~pipeline.inferers.padding`: :func:`mirror_pad`, the padding the overlap-tile inferer applies tile by tile;
+- :mod:`~pipeline.inferers.ensemble`: :class:`MeanEnsemble` and the activations predictions are averaged after.
+
+Every name is importable from ``pipeline.inferers`` itself.
+"""
+
+from __future__ import annotations
+
+from pipeline.inferers.ensemble import ACTIVATIONS, MeanEnsemble
+from pipeline.inferers.network_traits import is_valid_conv, size_divisor_of, tile_independent
+from pipeline.inferers.overlap_tile import BLEND_MODES, OverlapTileInferer
+from pipeline.inferers.padding import PADDING_MODES, mirror_pad
+from pipeline.inferers.roi import checked_roi_size, sliding_window_roi
+from pipeline.inferers.selection import segmentation_inferer
+from pipeline.inferers.tiling import AUTO_MARGIN_FRACTION, DEFAULT_MAX_TILE_VOXELS, AxisPlan, TilePlan, auto_margin
+from pipeline.inferers.window_budget import DEFAULT_MAX_BATCH_VOXELS, WindowBudgetInferer
+
+__all__ = [
+    "ACTIVATIONS",
+    "AUTO_MARGIN_FRACTION",
+    "AxisPlan",
+    "BLEND_MODES",
+    "DEFAULT_MAX_BATCH_VOXELS",
+    "DEFAULT_MAX_TILE_VOXELS",
+    "MeanEnsemble",
+    "OverlapTileInferer",
+    "WindowBudgetInferer",
+    "PADDING_MODES",
+    "TilePlan",
+    "auto_margin",
+    "checked_roi_size",
+    "is_valid_conv",
+    "mirror_pad",
+    "segmentation_inferer",
+    "size_divisor_of",
+    "sliding_window_roi",
+    "tile_independent",
+]

@@ -1,0 +1,68 @@
+"""The default path: :func:`segmentation_inferer` chooses the inferer the bundles validate and predict with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SlidingWindowInferer
+
+from pipeline.inferers.network_traits import size_divisor_of, tile_independent
+from pipeline.inferers.overlap_tile import OverlapTileInferer
+from pipeline.inferers.roi import checked_roi_size
+from pipeline.inferers.tiling import DEFAULT_MAX_TILE_VOXELS
+from pipeline.inferers.window_budget import WindowBudgetInferer
+from pipeline.precision import AutocastInferer, amp_dtype
+
+__all__ = ["segmentation_inferer"]
+
+
+def segmentation_inferer(
+    network: Any,
+    roi_size: Sequence[int],
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    overlap: float = 0.5,
+    sw_batch_size: int | None = None,
+    max_tile_voxels: int | None = DEFAULT_MAX_TILE_VOXELS,
+) -> Inferer:
+    """The inferer the bundles validate and predict with, chosen by what the network's output depends on.
+
+    - A tile-independent network (:func:`tile_independent`, e.g. ``norm="batch"``) with a ``size_divisor`` gets
+      :class:`OverlapTileInferer` with tiles grown from ``roi_size`` (a 256x256xN slab in one pass: the result of
+      MONAI's windows at a fraction of the cost, since only the tile borders differ).
+    - Any other network (instance norm, as in nnU-Net) gets MONAI's ``SlidingWindowInferer`` (as
+      :class:`WindowBudgetInferer`, which batches thin windows) over ``roi_size`` windows (the bundles give the
+      training patch, :func:`sliding_window_roi`), ``overlap`` 0.5 and Gaussian blending: its normalisation sees
+      the window, and windows like the training patches keep its output as trained.
+    - ``amp`` runs either under autocast (:class:`pipeline.precision.AutocastInferer`: bf16 on CPUs and recent GPUs,
+      fp16 on older GPUs), outputs in float32.
+
+    Args:
+        network: the network that will run (it is inspected, not called).
+        roi_size: the window (the smallest tile when tiles grow); ``-1`` takes an axis whole.
+        device: where the network runs (decides the autocast device type and dtype).
+        amp: run under autocast.
+        overlap: MONAI's window overlap.
+        sw_batch_size: windows or tiles per network call; None: as many windows as fit
+            :data:`DEFAULT_MAX_BATCH_VOXELS` (:class:`WindowBudgetInferer`), one grown tile.
+        max_tile_voxels: the bound on one grown tile's network input (see :class:`OverlapTileInferer`).
+
+    Returns:
+        An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``).
+
+    Raises:
+        ValueError: on a ``roi_size`` entry of 0 or below -1.
+    """
+    roi = list(checked_roi_size(roi_size))
+    if tile_independent(network) and size_divisor_of(network, len(roi)) is not None:
+        inner: Inferer = OverlapTileInferer(
+            roi_size=roi, sw_batch_size=sw_batch_size or 1, max_tile_voxels=max_tile_voxels
+        )
+    elif sw_batch_size is None:
+        inner = WindowBudgetInferer(roi_size=roi, overlap=overlap, mode="gaussian")
+    else:
+        inner = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
+    device = torch.device(device)
+    return AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
