@@ -18,6 +18,7 @@ from pipeline.data.datalist import natural_key, strip_image_suffix
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import CaseError, LayoutError
+from pipeline.formats import parse_isles2018_folder_name as parse_smir_folder
 
 SPLIT_FOLDERS = {"training": "training", "testing": "testing"}
 LABEL_MODALITY = "OT"
@@ -26,22 +27,6 @@ _MAP_PREFIXES = ("CT_", "MR_")
 _CASE_RE = re.compile(r"^case_\d+$", re.IGNORECASE)
 # Patient and optional slab in an OT description: "Train_40_A" -> ("Train_40", "A").
 _PATIENT_RE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]+_\d+)(?:_([A-Za-z]))?(?![A-Za-z0-9])")
-
-
-def parse_smir_folder(name: str) -> tuple[str, str] | None:
-    """Split a SMIR folder name into its raw modality and id.
-
-    Args:
-        name: a folder name such as ``SMIR.Brain.XX.O.CT_Tmax.345563``.
-
-    Returns:
-        ``(modality, id)`` such as ``("CT_Tmax", "345563")``, or ``None`` when the name does not have
-        at least three dot-separated parts ending in a numeric id.
-    """
-    parts = name.split(".")
-    if len(parts) < 3 or not parts[-1].isdigit() or not parts[-2]:
-        return None
-    return parts[-2], parts[-1]
 
 
 def canonical_modality(raw: str, profile: DatasetProfile | None = None) -> str:

@@ -1,0 +1,277 @@
+"""Each on-disk naming convention, its writer and its reader side by side.
+
+- The plain prediction name ``<case_id><extension>`` (``predict --format nifti``): :func:`case_file_name`,
+  read back by :func:`parse_case_file_name` (the name without its image suffix).
+- The ISLES 2018 submission name ``SMIR.<team>.<smir_id>.nii`` (``predict --format isles2018``; the id is
+  the SMIR id of the case's CT_MTT folder): :func:`isles2018_submission_name`, read back by
+  :func:`parse_isles2018_submission_name`.
+- The ISLES 2022 mask name, the DWI file's name with ``_dwi`` replaced by ``_msk`` (``predict --format
+  isles2022``, the ISLES 2022 derivative naming): :func:`isles2022_mask_name`, read back (subject and
+  session) by :func:`parse_isles2022_name`.
+- The ISLES 2018 layout ``<SPLIT>/case_<N>/SMIR.Brain.XX.O.<MOD>.<id>/<folder>.nii`` (the synthetic
+  dataset's): the split folders :data:`ISLES2018_SPLIT_FOLDERS`, read back by
+  :func:`parse_isles2018_split_folder`; :func:`isles2018_case_folder`, read back by
+  :func:`parse_isles2018_case_folder`; :func:`isles2018_folder_name` and :func:`isles2018_image_name`, read
+  back by :func:`parse_isles2018_folder_name` (any ``SMIR.<...>.<MOD>.<id>``); :func:`isles2018_folder_pattern`
+  globs for the modality folders.
+- The synthetic test labels: ``TESTING_GROUND_TRUTH/<case_id>/SMIR.<...>.OT.<ot_id>/`` listed in
+  ``TESTING_GROUND_TRUTH/cases.csv`` (:data:`GROUND_TRUTH_COLUMNS`): :func:`ground_truth_row`, read back by
+  :func:`read_ground_truth_rows` and :func:`parse_ground_truth_row`; the per-case table
+  :data:`SYNTHETIC_TABLE_CSV`.
+
+Writers raise on a name that would not be one plain file-name component; readers return ``None`` for a
+name of another convention. The module imports only :mod:`pipeline.errors` and :mod:`pipeline.paths` when
+loaded (:func:`pipeline.data.datalist.strip_image_suffix` when first used), so that any module, those of
+``pipeline.data`` included, can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import CaseError, LayoutError
+from pipeline.paths import plain_component
+
+# ISLES 2018 submissions: SMIR.<team>.<smir_id>.nii
+ISLES2018_TEAM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+ISLES2018_SUBMISSION_SUFFIX = ".nii"
+_ISLES2018_SUBMISSION_RE = re.compile(r"^SMIR\..*\.(\d+)$", re.IGNORECASE)
+# ISLES 2018 layout: <SPLIT>/case_<N>/SMIR.Brain.XX.O.<MOD>.<id>/SMIR.Brain.XX.O.<MOD>.<id>.nii
+ISLES2018_SPLIT_FOLDERS = {"training": "TRAINING", "testing": "TESTING"}
+_ISLES2018_CASE_RE = re.compile(r"^case_(\d+)$", re.IGNORECASE)
+ISLES2018_FOLDER_PREFIX = "SMIR.Brain.XX.O"
+ISLES2018_IMAGE_SUFFIX = ".nii"
+# ISLES 2022 (BIDS) names: sub-<id>[_ses-<id>][_<entity>...]
+_ISLES2022_RE = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:_[A-Za-z0-9-]+)*$")
+# The synthetic dataset's test labels and per-case table.
+GROUND_TRUTH_FOLDER = "TESTING_GROUND_TRUTH"
+GROUND_TRUTH_CSV = "cases.csv"
+GROUND_TRUTH_COLUMNS = ("case_id", "ot_id", "mtt_id", "patient_id")
+SYNTHETIC_TABLE_CSV = "synth_cases.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# <case_id>.nii.gz
+# ---------------------------------------------------------------------------------------------
+def case_file_name(case_id: str, extension: str = ".nii.gz") -> str:
+    """The plain name of a case's file: ``<case_id><extension>``.
+
+    Args:
+        case_id: the case.
+        extension: the image suffix (``.nii.gz``, ``.nii``, ``.mha``).
+
+    Returns:
+        The file name (no folder).
+
+    Raises:
+        CaseError: ``case_id`` is not one plain file-name component (:func:`pipeline.paths.plain_component`).
+    """
+    return plain_component(case_id, case_id, "case_id") + extension
+
+
+def parse_case_file_name(name: str | Path) -> str:
+    """The case a plainly named file names: its name without the image suffix (``.nii.gz``, ``.nii``,
+    ``.mha``, ``.nrrd``, any case), or the whole name when it has none.
+
+    Args:
+        name: a file name or path (only its last component is read).
+
+    Returns:
+        The stem, e.g. ``case_1`` for ``case_1.nii.gz``.
+    """
+    from pipeline.data.datalist import strip_image_suffix
+
+    name = Path(name).name
+    return strip_image_suffix(name) or name
+
+
+# ---------------------------------------------------------------------------------------------
+# SMIR.<team>.<smir_id>.nii
+# ---------------------------------------------------------------------------------------------
+def isles2018_submission_name(team: str, smir_id: str | None, case_id: str | None = None,
+                              reference_path: str | None = None) -> str:
+    """The ISLES 2018 submission name of a case: ``SMIR.<team>.<smir_id>.nii``.
+
+    Args:
+        team: the team name (letters, digits, ``_`` and ``-``: it sits between dots).
+        smir_id: the SMIR id of the case's CT_MTT folder.
+        case_id: the case, named in errors.
+        reference_path: the case's reference file, named in errors.
+
+    Returns:
+        The file name (no folder).
+
+    Raises:
+        ValueError: a bad team name.
+        CaseError: no SMIR id, or one that is not a plain file-name component or holds a ``.``.
+    """
+    if not ISLES2018_TEAM_NAME.match(team or ""):
+        raise ValueError(f"team name {team!r} must be letters, digits, '_' or '-' (it sits between dots)")
+    if not smir_id:
+        raise CaseError(case_id, reference_path, "no SMIR id of a CT_MTT folder: cannot name an ISLES 2018 submission")
+    smir = plain_component(smir_id, case_id, "smir_id")
+    if "." in smir:
+        raise CaseError(case_id, reference_path,
+                        f"the smir_id {smir!r} holds a '.'; an ISLES 2018 name is SMIR.<team>.<id>.nii")
+    return f"SMIR.{team}.{smir}{ISLES2018_SUBMISSION_SUFFIX}"
+
+
+def parse_isles2018_submission_name(name: str | Path) -> str | None:
+    """The SMIR id an ISLES 2018 submission name carries.
+
+    Args:
+        name: a file name or path; its stem must read ``SMIR.<anything>.<digits>`` (any case).
+
+    Returns:
+        The id (``"345563"`` for ``SMIR.team.345563.nii``), or ``None`` for a name of another kind.
+    """
+    match = _ISLES2018_SUBMISSION_RE.match(parse_case_file_name(name))
+    return match.group(1) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# ISLES 2022: <sub>_<ses>_msk.nii.gz
+# ---------------------------------------------------------------------------------------------
+def isles2022_mask_name(case_id: str, reference_path: str | None = None, extension: str = ".nii.gz") -> str:
+    """The ISLES 2022 mask name of a case: the DWI file's name with ``_dwi`` replaced by ``_msk`` (``_msk``
+    appended when it has no ``_dwi``), so that predictions pair with the derivative masks by name.
+
+    Args:
+        case_id: the case (named from it when there is no reference file).
+        reference_path: the case's DWI file.
+        extension: the image suffix (``.nii.gz``, ``.nii``, ``.mha``).
+
+    Returns:
+        The file name (no folder).
+
+    Raises:
+        CaseError: the case id or the name built is not one plain file-name component.
+    """
+    from pipeline.data.datalist import strip_image_suffix
+
+    name = Path(reference_path or plain_component(case_id, case_id, "case_id")).name
+    stem = strip_image_suffix(name) or name
+    stem = re.sub(r"_dwi$", "_msk", stem, flags=re.IGNORECASE) if re.search(r"_dwi$", stem, re.I) else f"{stem}_msk"
+    return plain_component(stem, case_id, "DWI file name") + extension
+
+
+def parse_isles2022_name(name: str | Path) -> tuple[str, str | None] | None:
+    """The subject and session a BIDS-style ISLES 2022 file name carries.
+
+    Args:
+        name: a file name or path; its stem must read ``sub-<id>[_ses-<id>][_<entity>...]``.
+
+    Returns:
+        ``(subject, session)`` such as ``("sub-strokecase0001", "ses-0001")``, session ``None`` when the
+        name has none; ``None`` for a name of another kind.
+    """
+    match = _ISLES2022_RE.match(parse_case_file_name(name))
+    return (match.group(1), match.group(2)) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The ISLES 2018 layout: <SPLIT>/case_<N>/SMIR.Brain.XX.O.<MOD>.<id>/
+# ---------------------------------------------------------------------------------------------
+def parse_isles2018_split_folder(name: str) -> str | None:
+    """The split (``training``/``testing``) an ISLES 2018 split folder holds (``TRAINING``, ``TESTING``, any
+    case), or ``None`` for another name."""
+    return {folder.lower(): split for split, folder in ISLES2018_SPLIT_FOLDERS.items()}.get(name.lower())
+
+
+def isles2018_case_folder(number: int) -> str:
+    """The ISLES 2018 case folder of the ``number``-th case of a split (numbered from 1): ``case_<number>``."""
+    return f"case_{number}"
+
+
+def parse_isles2018_case_folder(name: str) -> int | None:
+    """The number of an ISLES 2018 case folder (``case_<N>``, any case), or ``None`` for another name."""
+    match = _ISLES2018_CASE_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def isles2018_folder_name(modality: str, smir_id: int | str) -> str:
+    """The ISLES 2018 folder of one modality of a case: ``SMIR.Brain.XX.O.<MOD>.<id>``.
+
+    Args:
+        modality: the raw modality (``CT``, ``CT_CBF``, ``CT_Tmax``, ``OT``...).
+        smir_id: the folder's SMIR id.
+
+    Returns:
+        The folder name.
+    """
+    return f"{ISLES2018_FOLDER_PREFIX}.{modality}.{smir_id}"
+
+
+def isles2018_image_name(modality: str, smir_id: int | str) -> str:
+    """The image file inside an ISLES 2018 modality folder: ``<folder name>.nii``."""
+    return isles2018_folder_name(modality, smir_id) + ISLES2018_IMAGE_SUFFIX
+
+
+def parse_isles2018_folder_name(name: str) -> tuple[str, str] | None:
+    """Split a SMIR folder name into its raw modality and id.
+
+    Args:
+        name: a folder name such as ``SMIR.Brain.XX.O.CT_Tmax.345563``.
+
+    Returns:
+        ``(modality, id)`` such as ``("CT_Tmax", "345563")``, or ``None`` when the name does not have
+        at least three dot-separated parts ending in a numeric id.
+    """
+    parts = name.split(".")
+    if len(parts) < 3 or not parts[-1].isdigit() or not parts[-2]:
+        return None
+    return parts[-2], parts[-1]
+
+
+def isles2018_folder_pattern(modality: str, smir_id: str | None = None) -> str:
+    """The glob pattern of a case's ``SMIR.<...>.<MOD>.<id>`` folders of ``modality`` (of that id when given)."""
+    return f"SMIR.*.{modality}.{smir_id}" if smir_id else f"SMIR.*.{modality}.*"
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic test labels: TESTING_GROUND_TRUTH/cases.csv
+# ---------------------------------------------------------------------------------------------
+def ground_truth_row(case_id: str, ot_id: int | str, mtt_id: int | str, patient_id: str) -> dict[str, Any]:
+    """One row of ``TESTING_GROUND_TRUTH/cases.csv``, keyed by :data:`GROUND_TRUTH_COLUMNS` in order.
+
+    Args:
+        case_id: the test case (``case_N``, its folder under ``TESTING_GROUND_TRUTH``).
+        ot_id: the SMIR id of its label (OT) folder.
+        mtt_id: the SMIR id of its CT_MTT folder (the id its ISLES 2018 submission is named by).
+        patient_id: the patient the slab was cut from.
+
+    Returns:
+        The row as a dict.
+    """
+    return {"case_id": case_id, "ot_id": ot_id, "mtt_id": mtt_id, "patient_id": patient_id}
+
+
+def read_ground_truth_rows(table: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``cases.csv`` of the synthetic test labels, as ``csv.DictReader`` reads them.
+
+    Args:
+        table: the ``TESTING_GROUND_TRUTH/cases.csv`` file.
+
+    Returns:
+        One dict per row (see :func:`parse_ground_truth_row`).
+
+    Raises:
+        OSError: the file cannot be read.
+        LayoutError: the table has no ``case_id`` column.
+    """
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "case_id" not in rows[0]:
+        raise LayoutError(f"{table}: expected a case_id column (with ot_id and mtt_id), found {', '.join(rows[0])}")
+    return rows
+
+
+def parse_ground_truth_row(row: dict[str, Any]) -> tuple[str, str, str]:
+    """The ``(case_id, ot_id, mtt_id)`` of a ``cases.csv`` row, stripped; an id absent or empty is ``""``."""
+    case_id = row["case_id"].strip()
+    ot_id = (row.get("ot_id") or "").strip()
+    mtt_id = (row.get("mtt_id") or "").strip()
+    return case_id, ot_id, mtt_id
