@@ -1,0 +1,85 @@
+"""The phantom's images: the ISLES 2018 modalities and dtypes, site scales, and the noisy images of a slab.
+
+From a slab's noise-free maps the phantom writes the release's images: CBF, CBV, MTT and Tmax with
+multiplicative noise (CBF and CBV in the units of one of three simulated sites), a noisy CT, a 4D
+perfusion source (the CT baseline plus a gamma-variate bolus delayed by Tmax and scaled by CBV), and
+the label. :class:`ImagingMixin` holds this step for :class:`~pipeline.data.synthetic.phantom.Phantom`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.data.synthetic.fields import smooth_noise
+
+if TYPE_CHECKING:
+    from pipeline.data.synthetic.phantom import RenderedSlab
+
+__all__ = ["MODALITIES", "MODALITY_DTYPES", "PWI_FRAMES", "PWI_FRAME_INTERVAL_S", "SITE_SCALES", "ImagingMixin"]
+
+MODALITIES = ("CT", "CT_4DPWI", "CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax", "OT")
+MODALITY_DTYPES = {
+    "CT": np.int32,
+    "CT_4DPWI": np.int16,
+    "CT_CBF": np.uint16,
+    "CT_CBV": np.uint16,
+    "CT_MTT": np.float64,
+    "CT_Tmax": np.float64,
+    "OT": np.uint8,
+}
+
+PWI_FRAME_INTERVAL_S = 4.0
+PWI_FRAMES = 6
+# (CBF factor, CBV factor) of the three simulated sites: CBF/CBV units differ between sites.
+SITE_SCALES = ((1.0, 10.0), (2.5, 25.0), (10.0, 100.0))
+
+
+class ImagingMixin:
+    """Image synthesis of a :class:`~pipeline.data.synthetic.phantom.Phantom`: noisy images in the release dtypes.
+
+    Not used on its own: ``_images`` needs the per-case noise levels (``perfusion_noise``,
+    ``ct_noise_hu``, drawn with the lesion) and the site scales (``cbf_scale``, ``cbv_scale``) that
+    the phantom sets.
+    """
+
+    def _images(self, slab: RenderedSlab, crop: tuple[slice, slice], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Noisy images in the release dtypes (the head lies inside ``crop``; outside is air)."""
+        shape = slab.geometry.shape
+        rows, cols = crop
+        mask = slab.brain_mask[rows, cols]
+        crop_shape = mask.shape
+
+        maps = {}
+        for name, level in zip(("cbf", "cbv", "mtt", "tmax"), self.perfusion_noise):
+            # Multiplicative noise, slightly correlated in-plane, independent per map.
+            noise = smooth_noise(rng, crop_shape, (0.7, 0.7, 0.0))
+            maps[name] = np.clip(slab.clean[name][rows, cols] * (1.0 + level * noise), 0.0, None) * mask
+        images: dict[str, np.ndarray] = {}
+        for name, scale, modality in (("cbf", self.cbf_scale, "CT_CBF"), ("cbv", self.cbv_scale, "CT_CBV")):
+            values = np.clip(np.rint(maps[name] * scale), 0, 65535)
+            # At least 1 inside the brain so that CBF > 0 recovers the brain mask exactly.
+            values = np.where(mask, np.maximum(values, 1), 0)
+            full = np.zeros(shape, np.uint16)
+            full[rows, cols] = values
+            images[modality] = full
+        for name, modality in (("mtt", "CT_MTT"), ("tmax", "CT_Tmax")):
+            full = np.zeros(shape, np.float64)
+            full[rows, cols] = maps[name]
+            images[modality] = full
+        ct = slab.clean["ct"] + self.ct_noise_hu * rng.standard_normal(shape, dtype=np.float32)
+        images["CT"] = np.clip(np.rint(ct), -1024, 3071).astype(np.int32)
+
+        # Perfusion source: CT baseline plus a gamma-variate bolus arriving 3 s + Tmax after
+        # injection (peak 5 s later), scaled by CBV (about 10 HU per mL/100g).
+        brain = np.flatnonzero(slab.brain_mask)
+        times = PWI_FRAME_INTERVAL_S * np.arange(PWI_FRAMES, dtype=np.float32)
+        arrival = 3.0 + slab.clean["tmax"].ravel()[brain]
+        rel_t = np.clip((times[None, :] - arrival[:, None]) / 5.0, 0.0, None)
+        bolus = rel_t**3 * np.exp(3.0 * (1.0 - rel_t))
+        pwi = images["CT"].astype(np.float32)[..., None] + 3.0 * rng.standard_normal(shape + (PWI_FRAMES,), dtype=np.float32)
+        pwi.reshape(-1, PWI_FRAMES)[brain] += 10.0 * slab.clean["cbv"].ravel()[brain][:, None] * bolus
+        images["CT_4DPWI"] = np.clip(np.rint(pwi), -32768, 32767).astype(np.int16)
+        images["OT"] = slab.label.astype(np.uint8)
+        return {m: images[m] for m in MODALITIES}

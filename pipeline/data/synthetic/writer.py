@@ -1,0 +1,226 @@
+"""The synthetic ISLES 2018 dataset writer: per patient one phantom, its slabs written in the release layout.
+
+Writes ``TRAINING/``, ``TESTING/`` (without labels), the test labels in ``TESTING_GROUND_TRUTH/``
+with its ``cases.csv``, and the per-case table ``synth_cases.csv``, with the ISLES 2018 folder and
+file names and dtypes. Every random draw comes from a generator spawned from the seed for its
+purpose (plans, SMIR ids, each patient), so the same seed writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.baseline import threshold_rule
+from pipeline.data.synthetic.geometry import plan_patients
+from pipeline.data.synthetic.imaging import MODALITIES, PWI_FRAME_INTERVAL_S
+from pipeline.data.synthetic.patients import render_patient
+from pipeline.formats import (
+    GROUND_TRUTH_COLUMNS, GROUND_TRUTH_CSV, GROUND_TRUTH_FOLDER, ISLES2018_SPLIT_FOLDERS, SYNTHETIC_TABLE_CSV,
+    ground_truth_row, isles2018_case_folder, isles2018_folder_name, isles2018_image_name,
+)
+from pipeline.io import atomic_write_json, atomic_write_text, save_nifti_atomic
+from pipeline.metrics import dice_score
+
+__all__ = [
+    "CASE_TABLE_CSV",
+    "GROUND_TRUTH_COLUMNS",
+    "GROUND_TRUTH_CSV",
+    "GROUND_TRUTH_FOLDER",
+    "TESTING_FOLDER",
+    "TRAINING_FOLDER",
+    "SynthSummary",
+    "write_synthetic_dataset",
+]
+
+# On-disk names of the synthetic dataset (the ISLES 2018 release layout plus the synthetic extras): written and
+# parsed in pipeline.formats.
+TRAINING_FOLDER = ISLES2018_SPLIT_FOLDERS["training"]
+TESTING_FOLDER = ISLES2018_SPLIT_FOLDERS["testing"]
+CASE_TABLE_CSV = SYNTHETIC_TABLE_CSV
+
+
+@dataclass
+class SynthSummary:
+    """What :func:`write_synthetic_dataset` wrote.
+
+    Attributes:
+        root: the dataset folder.
+        files: every file written, in order.
+        table_csv: ``synth_cases.csv``, the per-case table.
+        ground_truth_csv: ``TESTING_GROUND_TRUTH/cases.csv`` (``None`` without test cases).
+        cases: the per-case table as a list of dicts (split, case_id, patient_id, slab, n_slices,
+            thickness_mm, spacing_mm, lesion_ml, territory, hemisphere, cbf_scale, cbv_scale,
+            smir_<MOD> ids, threshold_dice).
+    """
+
+    root: Path
+    files: list[Path]
+    table_csv: Path
+    ground_truth_csv: Path | None
+    cases: list[dict[str, Any]]
+
+    def mean_threshold_dice(self, split: str | None = "training") -> float:
+        """Mean Dice of the clinical threshold rule over the cases of ``split`` (all when ``None``)."""
+        values = [c["threshold_dice"] for c in self.cases if split is None or c["split"] == split]
+        return float(np.mean(values)) if values else float("nan")
+
+
+_OWNED = (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV)
+_TABLE_COLUMNS = (
+    "split", "case_id", "patient_id", "slab", "n_slices", "thickness_mm", "spacing_mm", "lesion_ml",
+    "territory", "hemisphere", "cbf_scale", "cbv_scale",
+    *(f"smir_{m}" for m in MODALITIES), "threshold_dice",
+)
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    if data.ndim == 4:
+        image.header.set_zooms(tuple(image.header.get_zooms()[:3]) + (PWI_FRAME_INTERVAL_S,))
+    return image
+
+
+def _csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: row.get(c, "") for c in columns})
+    return buffer.getvalue()
+
+
+def write_synthetic_dataset(
+    out: str | Path,
+    cases: int,
+    test_cases: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> SynthSummary:
+    """Write a synthetic dataset in the ISLES 2018 layout.
+
+    Layout: ``OUT/TRAINING/case_N/SMIR.Brain.XX.O.<MOD>.<id>/SMIR.Brain.XX.O.<MOD>.<id>.nii`` for
+    MOD in CT, CT_4DPWI, CT_CBF, CT_CBV, CT_MTT, CT_Tmax, OT (the OT folder also holds a JSON whose
+    ``description`` is ``Train_<patient>_<slab>``); ``OUT/TESTING/case_N/...`` without OT; the test
+    labels in ``OUT/TESTING_GROUND_TRUTH/case_N/SMIR.Brain.XX.O.OT.<id>/`` with ``cases.csv``
+    (case_id, ot_id, mtt_id, patient_id); ``OUT/synth_cases.csv``, the per-case table. SMIR ids are
+    6-digit, unique over the dataset. The same seed writes byte-identical files.
+
+    Args:
+        out: the dataset folder (created when missing).
+        cases: number of training slabs (cases), >= 1.
+        test_cases: number of test slabs; default ``max(1, cases // 3)``.
+        seed: random seed.
+        overwrite: when the folder already holds TRAINING/, TESTING/ or TESTING_GROUND_TRUTH/,
+            remove those and synth_cases.csv first instead of refusing.
+
+    Returns:
+        A :class:`SynthSummary` of the files and cases written.
+
+    Raises:
+        ValueError: ``cases`` < 1 or ``test_cases`` < 0, or the folder already holds a dataset and
+            ``overwrite`` is false.
+    """
+    if cases < 1:
+        raise ValueError(f"cases must be >= 1, got {cases}")
+    if test_cases is None:
+        test_cases = max(1, cases // 3)
+    if test_cases < 0:
+        raise ValueError(f"test_cases must be >= 0, got {test_cases}")
+    root = Path(out)
+    existing = [name for name in (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER) if (root / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{root} already contains {', '.join(n + '/' for n in existing)}; "
+            "choose an empty folder or pass overwrite=True (--overwrite) to replace the synthetic dataset"
+        )
+    if overwrite:
+        for name in _OWNED:
+            target = root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+    splits = (("training", TRAINING_FOLDER, "Train", cases), ("testing", TESTING_FOLDER, "Test", test_cases))
+    plans = {
+        split: plan_patients(n, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, i))))
+        for i, (split, _, _, n) in enumerate(splits)
+    }
+    n_folders = cases * len(MODALITIES) + test_cases * len(MODALITIES)
+    id_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    next_id = int(id_rng.integers(100000, max(100001, 999999 - n_folders)))
+
+    files: list[Path] = []
+    table: list[dict[str, Any]] = []
+    truth_rows: list[dict[str, Any]] = []
+    for split_index, (split, folder, prefix, _) in enumerate(splits):
+        case_number = 0
+        for patient_number, plan in enumerate(plans[split], start=1):
+            patient_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2 + split_index, patient_number)))
+            phantom, slabs = render_patient(plan, patient_rng)
+            for slab_letter, slab in zip("AB", slabs):
+                case_number += 1
+                case_id = isles2018_case_folder(case_number)
+                patient_id = f"{prefix}_{patient_number}"
+                affine = slab.geometry.affine
+                ids: dict[str, int] = {}
+                for modality in MODALITIES:
+                    ids[modality] = next_id
+                    next_id += 1
+                    name = isles2018_folder_name(modality, ids[modality])
+                    case_dir = root / (folder if modality != "OT" or split == "training" else GROUND_TRUTH_FOLDER) / case_id
+                    path = case_dir / name / isles2018_image_name(modality, ids[modality])
+                    image = slab.images[modality]
+                    files.append(save_nifti_atomic(_nifti(image, affine), path))
+                    if modality == "OT":
+                        description = f"{prefix}_{patient_number}_{slab_letter}"
+                        files.append(
+                            atomic_write_json(
+                                path.with_suffix(".json"),
+                                {"description": description, "patient_id": patient_id, "slab": slab_letter,
+                                 "case_id": case_id, "source": "synthetic phantom"},
+                            )
+                        )
+                prediction = threshold_rule(slab.images["CT_CBF"], slab.images["CT_Tmax"])
+                table.append(
+                    {
+                        "split": split,
+                        "case_id": case_id,
+                        "patient_id": patient_id,
+                        "slab": slab_letter,
+                        "n_slices": slab.geometry.n_slices,
+                        "thickness_mm": slab.geometry.thickness_mm,
+                        "spacing_mm": slab.geometry.spacing_mm,
+                        "lesion_ml": round(slab.lesion_ml, 3),
+                        "territory": phantom.territory,
+                        "hemisphere": phantom.hemisphere,
+                        "cbf_scale": phantom.cbf_scale,
+                        "cbv_scale": phantom.cbv_scale,
+                        **{f"smir_{m}": ids[m] for m in MODALITIES},
+                        "threshold_dice": round(dice_score(prediction, slab.label), 4),
+                    }
+                )
+                if split == "testing":
+                    truth_rows.append(ground_truth_row(case_id, ids["OT"], ids["CT_MTT"], patient_id))
+
+    ground_truth_csv = None
+    if test_cases:
+        ground_truth_csv = atomic_write_text(
+            root / GROUND_TRUTH_FOLDER / GROUND_TRUTH_CSV, _csv_text(truth_rows, GROUND_TRUTH_COLUMNS)
+        )
+        files.append(ground_truth_csv)
+    table_csv = atomic_write_text(root / CASE_TABLE_CSV, _csv_text(table, _TABLE_COLUMNS))
+    files.append(table_csv)
+    return SynthSummary(root=root, files=files, table_csv=table_csv, ground_truth_csv=ground_truth_csv, cases=table)
