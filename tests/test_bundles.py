@@ -10,7 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from pipeline.__main__ import main
 
@@ -26,6 +26,78 @@ IDS = ["unetplusplus", "unet"]
 @pytest.fixture(scope="module")
 def datalist(synthetic_datalist) -> Path:
     return synthetic_datalist("bundles", cases=4, test_cases=2)
+
+
+# Where the two bundles may differ, by config file: the network, what describes it, and DDP's unused-parameter
+# search (UNet++ leaves its deep-supervision heads unused when deep supervision is off).
+INTENDED_DIFFERENCES = {
+    "train.json": {"network_def#_target_"},
+    "inference.json": {"network_def#_target_"},
+    "multi_gpu_train.json": {"train#network#find_unused_parameters"},
+    "metadata.json": {"name", "description", "changelog#0.1.0", "references#0", "references#1"},
+}
+
+
+def flat_config(value, prefix: str = "") -> dict:
+    """A config as ``{id: leaf value}``, ids joined with ``#`` as MONAI's config parser names them."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, item in items:
+        flat.update(flat_config(item, f"{prefix}#{key}" if prefix else str(key)))
+    return flat if flat else {prefix: value}
+
+
+def test_the_two_bundles_differ_only_where_intended():
+    unetpp, unet = (sorted(p.name for p in (bundle / "configs").iterdir()) for bundle in BUNDLES)
+    assert unetpp == unet
+    for name in unet:
+        a, b = (bundle / "configs" / name for bundle in BUNDLES)
+        if not name.endswith(".json"):
+            assert a.read_text() == b.read_text(), name
+            continue
+        first, second = flat_config(json.loads(a.read_text())), flat_config(json.loads(b.read_text()))
+        differing = {key for key in first.keys() | second.keys()
+                     if first.get(key, KeyError) != second.get(key, KeyError)}
+        assert differing == INTENDED_DIFFERENCES.get(name, set()), name
+    assert json.loads((BUNDLES[0] / "configs" / "train.json").read_text())["network_def"]["_target_"] == \
+        "pipeline.networks.UNetPlusPlus"
+    assert json.loads((BUNDLES[1] / "configs" / "train.json").read_text())["network_def"]["_target_"] == \
+        "pipeline.networks.UNet"
+
+
+TRAIN_CHAIN = ["LoadModalitiesd", "LoadLabeld", "Spacingd", "Orientationd", "NormalizeModalitiesd", "SpatialPadd",
+               "EnsureTyped", "RandCropByPosNegLabeld", "RandInPlaneElasticd", "RandAffined", "RandFlipd", "RandFlipd",
+               "RandScaleIntensityd", "RandShiftIntensityd"]
+VAL_CHAIN = ["LoadModalitiesd", "LoadLabeld", "Spacingd", "Orientationd", "NormalizeModalitiesd", "EnsureTyped"]
+MONAI_HANDLERS = ["LrScheduleHandler", "ValidationHandler", "StatsHandler", "TensorBoardStatsHandler"]
+
+
+@pytest.mark.parametrize("settings,train_chain,val_chain,handlers", [
+    ({}, TRAIN_CHAIN, VAL_CHAIN, MONAI_HANDLERS + ["ResumeHandler"]),
+    ({"border_weight": True, "cache_device": "cpu", "resume": False, "time_budget_s": 60, "early_stop_patience": 3,
+      "progress_bar": True},
+     TRAIN_CHAIN[:7] + ["BorderWeightd", "ToDeviced"] + TRAIN_CHAIN[7:], VAL_CHAIN + ["ToDeviced"],
+     MONAI_HANDLERS + ["TimeBudgetHandler", "EarlyStoppingHandler", "ProgressBarHandler"]),
+], ids=["defaults", "all-switched"])
+def test_config_values_switch_the_named_transforms_and_the_handlers(settings, train_chain, val_chain, handlers,
+                                                                    datalist, tmp_path):
+    """train.json composes its chains from named lists and switches the optional parts with ``_disabled_``:
+    validation runs the training chain's deterministic part (the same transform objects) without the padding."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES[0] / "configs" / "train.json"), PROFILE])
+    parser.update({"datalist": str(datalist), "bundle_root": str(tmp_path), "cache_rate": 0.0, "progress_bar": False,
+                   **settings})
+    training = parser.get_parsed_content("train#preprocessing").transforms
+    validation = parser.get_parsed_content("validate#preprocessing").transforms
+    assert [type(t).__name__ for t in training] == train_chain
+    assert [type(t).__name__ for t in validation] == val_chain
+    assert all(any(v is t for t in training) for v in validation)
+    assert [type(h).__name__ for h in parser.get_parsed_content("train#handlers")] == handlers
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)

@@ -8,15 +8,18 @@ import time
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
 
-from pipeline.engines import attach_progress_bar, attach_time_budget, latest_checkpoint
 from pipeline.losses import BorderWeightedDiceCELoss, DeepSupervisedLoss
 from pipeline.networks import UNetPlusPlus
+from pipeline.planning.bundle_settings import plan_overrides
 from pipeline.precision import amp_dtype
-from pipeline.training import PrepareTrainingBatch, Trainer, plan_overrides, prepare_network
+from pipeline.training.checkpoints import latest_checkpoint
+from pipeline.training.handlers import attach_progress_bar, attach_time_budget
+from pipeline.networks import prepare_network
+from pipeline.training.trainer import PrepareTrainingBatch, Trainer
 from pipeline.transforms import RandInPlaneElasticd
 
 
@@ -154,7 +157,7 @@ def test_amp_on_cpu_trains_the_forward_pass_in_bfloat16(seeded_single_thread):
 
 def test_plan_overrides_take_pixdim_from_the_plans_resample_pixdim(tmp_path):
     from pipeline.data.plans import derive_plans, write_plans
-    from pipeline.training import ARCHITECTURE_KEYS
+    from pipeline.planning.bundle_settings import ARCHITECTURE_KEYS
 
     cases = [{"case_id": f"c{i}", "shape_x": 256, "shape_y": 256, "shape_z": 2, "spacing_x": s, "spacing_y": s,
               "spacing_z": t} for i, (s, t) in enumerate(((0.8, 12.0), (0.9, 10.0), (1.04, 5.0)))]
@@ -169,7 +172,7 @@ def test_checkpoints_are_written_atomically_and_a_failed_save_keeps_the_last_one
 
     from ignite.engine import Engine
 
-    from pipeline.engines import AtomicCheckpointSaver
+    from pipeline.training.checkpoints import AtomicCheckpointSaver
 
     class Flaky(torch.nn.Module):
         """Saves normally until told to fail; then its state cannot be pickled (torch.save fails mid-file)."""
@@ -206,3 +209,40 @@ def test_progress_bar_shows_the_running_loss_only_when_enabled(capsys):
 
     assert "loss=0.25" in run(True)  # the loss of the decollated MONAI trainer output
     assert "loss=" not in run(False)
+
+
+def test_the_handler_classes_attach_what_their_functions_attach(tmp_path):
+    from monai.handlers import EarlyStopHandler
+
+    from pipeline.training.handlers import EarlyStoppingHandler, ProgressBarHandler, ResumeHandler, TimeBudgetHandler
+
+    # resume: the engine the handler is attached to is the checkpoint's trainer
+    weights = torch.nn.Linear(2, 1)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.run([0, 1], max_epochs=3)
+    torch.save({"model": weights.state_dict(), "trainer": trainer.state_dict()}, tmp_path / "last.pt")
+    resumed = Engine(lambda engine, batch: None)
+    resume = ResumeHandler(tmp_path, {"model": weights})
+    resume.attach(resumed)
+    assert resume.checkpoint == tmp_path / "last.pt"
+    resumed.run([0, 1], max_epochs=4)
+    assert resumed.state.epoch == 4 and resumed.state.iteration == 8  # one more epoch after the third
+    fresh = ResumeHandler(tmp_path / "nothing", {"model": weights})
+    fresh.attach(Engine(lambda engine, batch: None))
+    assert fresh.checkpoint is None
+
+    # time budget and progress bar: attached when there is something to do
+    for handler, expected in ((TimeBudgetHandler(None), False), (TimeBudgetHandler(5.0), True),
+                              (ProgressBarHandler(False), False), (ProgressBarHandler(), True)):
+        handler.attach(Engine(lambda engine, batch: None))
+        assert handler.attached is expected
+
+    # early stopping: MONAI's EarlyStopHandler on the evaluator, stopping the engine attached to
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state.key_metric_name = "dice"
+    stopping = EarlyStoppingHandler(evaluator, patience=2)
+    stopping.attach(trainer)
+    assert stopping.attached
+    assert any(isinstance(h, EarlyStopHandler) for h, *_ in evaluator._event_handlers[Events.EPOCH_COMPLETED])
+    with pytest.raises(ValueError):
+        EarlyStoppingHandler(evaluator, patience=-1).attach(trainer)

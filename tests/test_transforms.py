@@ -4,12 +4,14 @@ Invertd, the U-Net border weight map."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.bundle import ConfigParser
 from monai.transforms import Compose, Invertd, LoadImaged
 
 from pipeline.data.profiles import load_profile
@@ -22,8 +24,11 @@ from pipeline.transforms import (
     border_weight_map,
     check_case_geometry,
     normalize_channel,
-    preprocessing_transforms,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "isles_unetplusplus"  # tests/test_bundles.py checks that both bundles hold the same chains
+PROFILE = ROOT / "configs" / "datasets" / "isles2018.yaml"
 
 # An oblique-free but non-RAS grid (x and y flipped, as scanner exports usually are).
 AFFINE = np.array([[-0.9, 0, 0, 115.0], [0, -0.9, 0, 110.0], [0, 0, 5.0, -20.0], [0, 0, 0, 1]])
@@ -49,6 +54,20 @@ def make_case(tmp_path, shape=(12, 10, 3), names=("CBF", "CBV", "MTT", "Tmax"), 
     label[3:6, 4:8, 1] = 1
     paths["label"] = write_nifti(tmp_path / "OT.nii", label)
     return paths
+
+
+def bundle_chain(channels, orientation="RAS", pixdim=None):
+    """The bundles' own loading and preprocessing chain: ``loading``, ``resampling`` and ``normalization`` of
+    ``train.json`` (what training and validation run before padding and typing), parsed with the dataset profile
+    the bundles run with, for ``channels``, reoriented to ``orientation`` and resampled to ``pixdim`` (the bundle's
+    default, all zeros, keeps the native spacing)."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(PROFILE)])
+    parser["channels"] = list(channels)
+    parser["resampling#1#axcodes"] = orientation  # the bundle's Orientationd
+    if pixdim is not None:
+        parser["pixdim"] = list(pixdim)
+    return Compose([t for part in ("loading", "resampling", "normalization") for t in parser.get_parsed_content(part)])
 
 
 def record(paths, names):
@@ -224,7 +243,7 @@ def test_normalize_modalities_applies_each_channels_method(tmp_path):
 def test_invertd_brings_a_prediction_back_to_the_native_grid(tmp_path):
     paths = make_case(tmp_path)
     profile = load_profile("isles2018")
-    pre = Compose(preprocessing_transforms(profile, orientation="RAS"))
+    pre = bundle_chain(profile.channels, orientation="RAS")
     native = nib.load(paths["label"])
     data = pre(record(paths, profile.channels))
     assert not np.allclose(data["image"].affine.numpy(), AFFINE)  # reoriented to RAS
@@ -238,7 +257,7 @@ def test_invertd_brings_a_prediction_back_to_the_native_grid(tmp_path):
 def test_invertd_after_resampling_restores_the_native_shape_and_affine(tmp_path):
     paths = make_case(tmp_path, shape=(16, 14, 3))
     profile = load_profile("isles2018").with_channels(["CBF", "Tmax"])
-    pre = Compose(preprocessing_transforms(profile, orientation="RAS", target_spacing=(1.5, 1.5, 2.5)))
+    pre = bundle_chain(profile.channels, orientation="RAS", pixdim=(1.5, 1.5, 2.5))
     data = pre(record(paths, profile.channels))
     assert data["image"].shape[1:] != (16, 14, 3)
     data["pred"] = data["label"].clone()
@@ -253,7 +272,7 @@ def test_invertd_on_a_quirk_header_gives_the_pixdim_grid(tmp_path):
     profile = load_profile("isles2018").with_channels(["CBF"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        pre = Compose(preprocessing_transforms(profile, orientation="LPS"))
+        pre = bundle_chain(profile.channels, orientation="LPS")
         data = pre({"case_id": "c", "image": [cbf], "label": label})
         data["pred"] = data["label"].clone()
         inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(data)["pred"]
@@ -313,7 +332,7 @@ def test_spacing_from_the_plans_keeps_a_zero_axis_and_trusts_the_quirk_pixdim(tm
     profile = load_profile("isles2018").with_channels(["CBF"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        pre = Compose(preprocessing_transforms(profile, orientation="RAS", target_spacing=(1.8, 1.8, 0.0)))
+        pre = bundle_chain(profile.channels, orientation="RAS", pixdim=(1.8, 1.8, 0.0))
         data = pre({"case_id": "c", "image": [cbf], "label": label})
         assert data["image"].shape[1:] == (8, 6, 2)  # in-plane 0.9 -> 1.8 mm, the 2 slices kept
         np.testing.assert_allclose(data["image"].pixdim.numpy(), (1.8, 1.8, 5.0), atol=1e-6)

@@ -2,7 +2,8 @@
 
 Every network takes ``spatial_dims``, ``in_channels`` and ``out_channels`` and returns one tensor
 (N, out_channels, *spatial) in eval mode. Bundles reference the classes with ``_target_``
-(e.g. ``pipeline.networks.UNetPlusPlus``) or go through :func:`build`.
+(e.g. ``pipeline.networks.UNetPlusPlus``) or go through :func:`build`; :func:`prepare_network` places one on its
+device and memory format (:mod:`pipeline.networks.placement`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from torch import nn
 
 from pipeline.networks.common import count_parameters
 from pipeline.networks.fcn import FCN, FCN8s, FCN16s, FCN32s
+from pipeline.networks.placement import channels_last_format, prepare_network
 from pipeline.networks.unet import UNet
 from pipeline.networks.unetpp import UNetPlusPlus
 from pipeline.networks.valid_unet import ValidUNet
 
 __all__ = [
+    "channels_last_format",
+    "prepare_network",
     "FCN",
     "FCN8s",
     "FCN16s",

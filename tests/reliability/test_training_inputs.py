@@ -13,7 +13,9 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.data.datalist import load_datalist
-from pipeline.training import LOCK_NAME, TRAINED_PLANS, TrainingLock, check_training_inputs
+from pipeline.planning.bundle_settings import TRAINED_PLANS
+from pipeline.training.inputs import check_training_inputs
+from pipeline.training.lock import LOCK_NAME, TrainingLock
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "isles_unet"

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from pipeline.__main__ import main
-from pipeline.engines import AtomicCheckpointSaver, attach_resume
+from pipeline.training.checkpoints import AtomicCheckpointSaver, attach_resume
 from pipeline.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]
