@@ -2,8 +2,8 @@
 
 glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and unmaps it
 on ``free``; the kernel then zero-fills the new mapping page by page on first touch. A 3D network's
-activations are hundreds of MB, so every forward pass pays about a million page faults (see
-``benchmarks/results.md``: 1.4 M per 5x256x256x22 pass, the larger part of its time on 2 cores).
+activations are hundreds of MB, so every forward pass pays page faults by the hundred thousand, a large part
+of its time on a small CPU (measured in ``benchmarks/results.md``).
 Neither torch (whose CPU allocator is malloc) nor MONAI changes this; jemalloc or tcmalloc would, at
 the price of another dependency. Here big blocks come from the heap and freed memory is kept for the
 next pass: the process's resident memory then stays at its high-water mark instead of shrinking

@@ -139,7 +139,7 @@ class TracebackCondenser:
 
     Feed it the child's lines in order; lines outside a traceback come back unchanged. A traceback (from
     ``Traceback (most recent call last):`` through its indented frames, chained ones included) comes back as
-    its exception line only, e.g. ``pipeline.engines.CaseFailuresError: 1 case(s) failed...``.
+    its exception line only, e.g. ``pipeline.predict.engine.CaseFailuresError: 1 case(s) failed...``.
     """
 
     _CHAIN = ("The above exception was the direct cause of the following exception:",

@@ -1,0 +1,167 @@
+"""What the benchmark compares: the inferers per case shape (:func:`inference_timings`, the bundles' inferer
+against MONAI's, grown tiles and one whole-volume pass), Dice of those inferers on the test cases, and the
+pruned levels of a UNet++."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.benchmark.bundle import _bundle_parser, _network
+from pipeline.benchmark.measurement import Timing, time_side_by_side
+from pipeline.planning.cpu_budget import QUICK_FEATURES
+
+IN_CHANNELS_TIMING = 5  # ISLES 2018: CT + CBF, CBV, MTT, Tmax
+CASE_SHAPES = ((256, 256, 8), (256, 256, 22))
+QUICK_CASE_SHAPES = ((64, 64, 8), (64, 64, 22))
+QUICK_ROI = [32, 32, -1]
+
+
+def _softmax(y: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(y, dim=1)
+
+
+def bundle_inferer(network: nn.Module, roi: Sequence[int], device: torch.device):
+    """The inferer the bundles' ``inference.json`` builds for ``network`` on ``device`` (``amp`` at its default)."""
+    from pipeline.inferers import segmentation_inferer
+    from pipeline.precision import low_precision_pays_off
+
+    return segmentation_inferer(network, list(roi), device, amp=low_precision_pays_off(device))
+
+
+def describe_inferer(inferer: Any) -> str:
+    """A short description of what :func:`bundle_inferer` chose, for the tables."""
+    from monai.inferers import SlidingWindowInferer
+
+    inner = getattr(inferer, "inferer", inferer)
+    kind = ("MONAI windows of roi_size (overlap 0.5, gaussian)" if isinstance(inner, SlidingWindowInferer)
+            else "`OverlapTileInferer`, grown tiles")
+    if getattr(inferer, "enabled", False):
+        return f"{kind}, {str(inferer.dtype).replace('torch.', '')} autocast"
+    return f"{kind}, float32"
+
+
+def _inference_methods(
+    network: nn.Module, x: torch.Tensor, roi: Sequence[int], patch: Sequence[int] | None = None
+) -> dict[str, tuple[nn.Module, Callable]]:
+    """The methods compared per case: name -> (network, a call from tensor in to probabilities out)."""
+    from monai.inferers import SlidingWindowInferer
+
+    from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, OverlapTileInferer
+
+    ours = bundle_inferer(network, roi, x.device)
+    grown = OverlapTileInferer(roi_size=list(roi), max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
+    monai_default = SlidingWindowInferer(roi_size=list(roi), overlap=0.5, mode="gaussian")
+    methods = {
+        "ours": (network, lambda: _softmax(ours(x, network))),
+        "monai": (network, lambda: _softmax(monai_default(x, network))),
+    }
+    if patch is not None:
+        monai_patch = SlidingWindowInferer(roi_size=list(patch), overlap=0.5, mode="gaussian")
+        methods["monai_patch"] = (network, lambda: _softmax(monai_patch(x, network)))
+    methods["grown"] = (network, lambda: _softmax(grown(x, network)))
+    methods["whole"] = (network, lambda: _softmax(network(x)))
+    return methods
+
+
+def inference_timings(spec: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, dict[str, Timing]]:
+    """The side-by-side inference rows: per case shape, every method on the same network and input.
+
+    Args:
+        spec: ``bundle``, ``profile``, ``architecture`` (config overrides of the trained network), ``roi`` (both
+            inferers' ``roi_size``), ``patch`` (the training patch, for MONAI with ``roi_size=patch``; None
+            leaves that row out), ``shapes`` (spatial shapes), ``repeats``, ``device``, ``quick`` (tiny default
+            network), ``methods`` (names to keep; None keeps all), ``memory_pass`` (see :func:`time_side_by_side`).
+        log: where progress lines go.
+
+    Returns:
+        ``"5x256x256x8"``-style case name -> method -> :class:`Timing`. ``default_ours`` (our inferer on the
+        bundle's default network) is timed on the first shape only.
+    """
+    device = torch.device(spec["device"])
+    bundle, profile = Path(spec["bundle"]), Path(spec["profile"])
+    inference_parser = _bundle_parser(bundle, "inference.json", profile, [tuple(a) for a in spec["architecture"]])
+    default_parser = _bundle_parser(bundle, "inference.json", profile, [])
+    if spec["quick"]:
+        default_parser["features"] = QUICK_FEATURES[: len(default_parser["strides"]) + 1]
+    torch.manual_seed(0)
+    timing_net = _network(inference_parser, IN_CHANNELS_TIMING, device)
+    default_net = _network(default_parser, IN_CHANNELS_TIMING, device)
+    keep = spec.get("methods")
+    shapes = [tuple(int(v) for v in shape) for shape in spec["shapes"]]
+    results: dict[str, dict[str, Timing]] = {}
+    with torch.inference_mode():
+        for shape in shapes:
+            torch.manual_seed(1)
+            x = torch.randn(1, IN_CHANNELS_TIMING, *shape, device=device)
+            methods = _inference_methods(timing_net, x, spec["roi"], spec.get("patch"))
+            if shape == shapes[0]:
+                methods["default_ours"] = (default_net, _inference_methods(default_net, x, spec["roi"])["ours"][1])
+            if keep is not None:
+                methods = {name: method for name, method in methods.items() if name in keep}
+            name = "x".join(str(s) for s in (IN_CHANNELS_TIMING, *shape))
+            results[name] = time_side_by_side(methods, int(spec["repeats"]), device, spec.get("memory_pass", True))
+            log(f"benchmark: {name}: " + ", ".join(f"{m} {t.total:.2f} s" for m, t in results[name].items()))
+    return results
+
+
+def _mask(probabilities: torch.Tensor) -> np.ndarray:
+    return probabilities.argmax(1)[0].cpu().numpy().astype(bool)
+
+
+def _dice_rows(network: nn.Module, cases: list[dict], roi: list[int], device: torch.device) -> list[dict[str, Any]]:
+    """Dice of our inferer, MONAI's and grown tiles on every test case (run side by side per case)."""
+    from pipeline.metrics import dice_score
+
+    rows = []
+    for case in cases:
+        x = case["image"].to(device)
+        outputs: dict[str, np.ndarray] = {}
+        methods = _inference_methods(network, x, roi)
+        chosen = {name: methods[name] for name in ("ours", "monai", "grown")}
+
+        def keep(name: str, run: Callable) -> Callable:
+            return lambda: outputs.__setitem__(name, _mask(run()))
+
+        timings = time_side_by_side({n: (net, keep(n, run)) for n, (net, run) in chosen.items()}, 1, device,
+                                    memory_pass=False)
+        row = {"case_id": case["case_id"], "shape": "x".join(str(s) for s in x.shape[1:])}
+        for name in chosen:
+            row[f"dice_{name}"] = dice_score(outputs[name], case["label"])
+            row[f"seconds_{name}"] = timings[name].total
+        row["dice_ours_vs_monai"] = dice_score(outputs["ours"], outputs["monai"])
+        row["ours_mask"] = outputs["ours"]
+        rows.append(row)
+    return rows
+
+
+def _pruning_rows(
+    network: nn.Module, cases: list[dict], dice_rows: list[dict], shape: tuple[int, ...], roi: list[int],
+    repeats: int, device: torch.device,
+) -> list[dict[str, Any]]:
+    """Parameters, time (side by side over the levels) and mean Dice of every pruned level of a UNet++."""
+    from pipeline.metrics import dice_score
+
+    depth = int(network.depth)
+    counts = network.parameter_counts()
+    pruned = {level: network.prune(level).eval() for level in range(1, depth + 1)}
+    inferers = {level: bundle_inferer(net, roi, device) for level, net in pruned.items()}
+    torch.manual_seed(0)
+    x = torch.randn(1, int(network.in_channels), *shape, device=device)
+    methods = {f"L{level}": (net, (lambda n=net, i=inferers[level]: _softmax(i(x, n)))) for level, net in pruned.items()}
+    timings = time_side_by_side(methods, repeats, device)
+    rows = []
+    for level, net in pruned.items():
+        if level == depth:
+            masks = [row["ours_mask"] for row in dice_rows]
+        else:
+            masks = [_mask(_softmax(inferers[level](case["image"].to(device), net))) for case in cases]
+        dice = [dice_score(mask, case["label"]) for mask, case in zip(masks, cases)]
+        rows.append({"level": level, "parameters": counts[level], "seconds": timings[f"L{level}"].total,
+                     "dice": float(np.mean(dice)), "foreground": int(sum(int(m.sum()) for m in masks))})
+    return rows

@@ -1,0 +1,34 @@
+"""``python -m pipeline benchmark``: speed and memory against MONAI's defaults (see :mod:`pipeline.benchmark`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.arguments import add_bundle_arguments, add_synthetic_arguments
+
+
+def register(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``benchmark`` sub-command to ``sub``."""
+    p = sub.add_parser("benchmark", parents=parents, help="the performance table (benchmarks/results.md): inference, tiling, pruning, training, memory")
+    p.add_argument("--out", default=None, help="Markdown file to write (default benchmarks/results.md of the project)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run, not figures")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of every timed row (default 3; 1 with --quick)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--checkpoint", default=None,
+                   help="trained weights, e.g. demo_output/unetplusplus/models/last.pt (default: train a small UNet++ first)")
+    p.add_argument("--workdir", default=None, help="folder for the synthetic data and training run (default: a temporary one)")
+    add_synthetic_arguments(p, None, None, 1, "synthetic training cases (default 24; 8 with --checkpoint)",
+                            "synthetic test cases for the Dice rows (default 8)",
+                            "seed of the synthetic data (default 1; the demo uses 0)")
+    p.add_argument("--train-budget", type=float, default=None,
+                   help="seconds of training (default 300; 60 with --checkpoint, where training is only timed)")
+    add_bundle_arguments(p, "plans of the checkpoint (default: trained_plans.json beside it)", "", bundle_required=False)
+    p.set_defaults(func=command_benchmark)
+
+
+def command_benchmark(args: argparse.Namespace) -> int:
+    """``benchmark [--quick] [--repeats N] [--device D] [--checkpoint PATH] [--out results.md] ...``: the
+    performance table; returns the exit status of :func:`pipeline.benchmark.command_benchmark`."""
+    from pipeline.benchmark import command_benchmark as benchmark_command
+
+    return benchmark_command(args)

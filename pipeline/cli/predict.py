@@ -1,0 +1,41 @@
+"""``python -m pipeline predict``: a bundle's inference config on a folder or datalist (see :mod:`pipeline.predict`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.arguments import add_bundle_arguments
+
+
+def register(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """Add the ``predict`` sub-command to ``sub``."""
+    p = sub.add_parser("predict", parents=parents, help="predict with a bundle's inference config; outputs on the native grid")
+    p.add_argument("--input", required=True, help="a dataset folder (any known layout) or a datalist JSON")
+    p.add_argument("--output", required=True, help="folder the predictions are written to")
+    p.add_argument("--format", default="nifti", choices=["nifti", "isles2018", "isles2022"],
+                   help="nifti: <case_id>.nii.gz; isles2018: SMIR.<name>.<CT_MTT id>.nii; isles2022: <DWI name>_msk")
+    p.add_argument("--name", default="team", help="team name in ISLES 2018 submission file names")
+    p.add_argument("--split", default="testing", choices=["testing", "training"],
+                   help="which cases of the datalist or folder to predict (default testing)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights, or a train --output folder (default: BUNDLE/models/model.pt)")
+    p.add_argument("--probabilities", action="store_true", help="also write float16 probability maps (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
+    p.add_argument("--strict", action="store_true",
+                   help="fail a case with an empty or constant channel instead of warning about it")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU): shards the cases under torch.distributed.run with configs/multi_gpu_inference.json")
+    add_bundle_arguments(
+        p, "plans.json the network was trained with (default: trained_plans.json beside the checkpoint, if any)",
+        "inferer#sw_batch_size=4")
+    p.set_defaults(func=command_predict)
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    """``predict --bundle DIR --input DIR|datalist --output DIR [--format ...] [--name TEAM]``.
+
+    Returns the exit status of :func:`pipeline.predict.run_predict`.
+    """
+    from pipeline.predict import run_predict
+
+    return run_predict(args)

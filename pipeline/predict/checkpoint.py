@@ -1,0 +1,77 @@
+"""Checks made before any inference: the checkpoint loads and fits the bundle's network as configured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import CaseError, root_cause
+
+def check_checkpoint(checkpoint: Path, network: torch.nn.Module, channels: list[str]) -> None:
+    """Check that ``checkpoint`` loads (``weights_only``) and fits ``network`` before a run starts.
+
+    Raises:
+        CaseError: the file is truncated, corrupt or not a PyTorch checkpoint, or its weights are not the
+            network's (another architecture, width or channel count); the message names the file and the difference.
+    """
+    try:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file; the message names it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CaseError(None, str(checkpoint),
+                        f"cannot be loaded as PyTorch weights ({type(err).__name__}: {first}); it may be truncated, "
+                        "corrupt, or not a checkpoint of this project. Give another --checkpoint") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise CaseError(None, str(checkpoint), "holds no state dict of a network (expected a 'model' entry)")
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or mismatched):
+        return
+    first_weight = next((k for k, v in expected.items() if v.dim() >= 3), None)
+    if first_weight in mismatched and state[first_weight].shape[1] != expected[first_weight].shape[1]:
+        raise CaseError(None, str(checkpoint),
+                        f"the checkpoint's network takes {state[first_weight].shape[1]} input channel(s) but this "
+                        f"run gives {expected[first_weight].shape[1]} ({', '.join(channels)}); predict with the "
+                        "channels it was trained on (prepare --channels) or another --checkpoint")
+    details = []
+    if mismatched:
+        k = mismatched[0]
+        details.append(f"{len(mismatched)} weight(s) of another shape, e.g. {k} {tuple(state[k].shape)} in the "
+                       f"checkpoint versus {tuple(expected[k].shape)} in the network")
+    if missing:
+        details.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        details.append(f"{len(unexpected)} unknown weight(s), e.g. {unexpected[0]}")
+    raise CaseError(None, str(checkpoint),
+                    "the checkpoint is not a checkpoint of this bundle's network as configured (" + "; ".join(details)
+                    + "); give the plans it was trained with (--plans, or trained_plans.json beside it) or another --checkpoint")
+
+
+def configured_network(bundle: Path, profile: Path, settings: list[tuple[str, object]]) -> torch.nn.Module:
+    """The ``network_def`` of a bundle's inference config with the run's settings, built on the CPU.
+
+    Raises:
+        ValueError: the config cannot build the network with these settings.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "inference.json"), str(profile)])
+    for key, value in settings:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        parser[key] = value
+    try:
+        return parser.get_parsed_content("network_def")
+    except Exception as err:  # noqa: BLE001 - any config error is reported as one message
+        raise ValueError(f"{bundle}: cannot build network_def from configs/inference.json with these settings: "
+                         f"{str(root_cause(err)).strip()}") from err

@@ -1,0 +1,95 @@
+"""Output file names per format (``nifti``, ``isles2018``, ``isles2022``), checked for every record before a run.
+
+The names themselves are written (and parsed back by ``evaluate``) in :mod:`pipeline.formats`.
+"""
+
+from __future__ import annotations
+
+from pipeline.errors import CaseError
+from pipeline.formats import (
+    ISLES2018_SUBMISSION_SUFFIX, ISLES2018_TEAM_NAME, case_file_name, isles2018_submission_name, isles2022_mask_name,
+)
+from pipeline.manifest import PROBABILITIES_SUFFIX
+
+OUTPUT_FORMATS = ("nifti", "isles2018", "isles2022")
+TEAM_NAME = ISLES2018_TEAM_NAME
+
+
+def prediction_filename(
+    output_format: str,
+    case_id: str,
+    reference_path: str | None = None,
+    smir_id: str | None = None,
+    team_name: str = "team",
+    extension: str = ".nii.gz",
+) -> str:
+    """The file name of one case's prediction.
+
+    Args:
+        output_format: ``nifti`` (``<case_id>.nii.gz``), ``isles2018`` (``SMIR.<team>.<smir_id>.nii``,
+            smir_id = the SMIR id of the case's CT_MTT folder) or ``isles2022`` (the DWI file's name with
+            ``_dwi`` replaced by ``_msk``, the ISLES 2022 derivative naming, so truths pair by name).
+        case_id: the case.
+        reference_path: the reference (DWI for ISLES 2022) file.
+        smir_id: ISLES 2018 submission id.
+        team_name: ISLES 2018 team name (letters, digits, ``_`` and ``-``).
+        extension: ``.nii.gz``, ``.nii`` or ``.mha`` (ISLES 2022 and nifti formats).
+
+    Returns:
+        The file name (no folder).
+
+    Raises:
+        ValueError: unknown format or bad team name.
+        CaseError: no SMIR id for an ISLES 2018 name, or a name from the case (case id, SMIR id, DWI name) that is
+            not one plain file-name component (:func:`pipeline.paths.plain_component`).
+    """
+    if output_format == "nifti":
+        return case_file_name(case_id, extension)
+    if output_format == "isles2018":
+        return isles2018_submission_name(team_name, smir_id, case_id, reference_path)
+    if output_format == "isles2022":
+        return isles2022_mask_name(case_id, reference_path, extension)
+    raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def planned_output_names(
+    records: list[dict],
+    output_format: str,
+    team_name: str = "team",
+    extension: str = ".nii.gz",
+    probabilities: bool = False,
+) -> dict[str, list[str]]:
+    """The files each record will write, checked before any inference.
+
+    Args:
+        records: the records to predict (each with ``case_id`` and, per format, ``reference``/``smir_id``).
+        output_format, team_name, extension: see :func:`prediction_filename`.
+        probabilities: the run also writes ``<name>_probabilities.npz``.
+
+    Returns:
+        ``case_id -> [file names]``.
+
+    Raises:
+        CaseError: a name is not a plain file-name component, or two records would write the same file
+            (naming both records and the file).
+    """
+    if output_format == "isles2018":
+        extension = ISLES2018_SUBMISSION_SUFFIX
+    owners: dict[str, str] = {}
+    names: dict[str, list[str]] = {}
+    for record in records:
+        case_id = str(record.get("case_id"))
+        name = prediction_filename(output_format, case_id, record.get("reference"), record.get("smir_id"),
+                                   team_name, extension)
+        files = [name]
+        if probabilities:
+            stem = name[: -len(extension)] if name.endswith(extension) else name
+            files.append(f"{stem}{PROBABILITIES_SUFFIX}")
+        for file in files:
+            if file.lower() in owners:
+                raise CaseError(case_id, None,
+                                f"cases {owners[file.lower()]!r} and {case_id!r} would both write {file!r} "
+                                f"(format {output_format}); one would overwrite the other. Give them distinct ids")
+            owners[file.lower()] = case_id
+        names[case_id] = files
+    return names

@@ -1,0 +1,107 @@
+"""The writer transform at the end of the inference config: each case's mask on its reference grid."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from pipeline.errors import CaseError
+from pipeline.formats import ISLES2018_SUBMISSION_SUFFIX
+from pipeline.io import atomic_path, write_mask_like
+from pipeline.manifest import PROBABILITIES_SUFFIX
+from pipeline.paths import path_in
+from pipeline.predict.names import OUTPUT_FORMATS, prediction_filename
+
+def _first(value: Any) -> Any:
+    """Collated or decollated values may still be one-element lists; take the element."""
+    while isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    return value
+
+
+
+class SavePredictiond(MapTransform):
+    """Write each case's prediction on its reference grid, named for the chosen format.
+
+    Expects ``pred`` to be class probabilities ``(C, *spatial)`` already brought back to the native
+    grid (MONAI ``Invertd``); the mask is the argmax over classes (``> 0.5`` for one channel), written
+    as uint8 0/1 with the reference file's header (:func:`pipeline.io.write_mask_like`). With
+    ``save_probabilities`` the foreground probability is also written as float16 to
+    ``<name>_probabilities.npz`` (arrays ``probabilities`` and ``affine``; NIfTI has no float16).
+
+    Args:
+        keys: the prediction key.
+        output_dir: the folder outputs go to.
+        output_format: see :func:`prediction_filename`.
+        team_name: ISLES 2018 team name.
+        extension: file extension for the ``nifti`` and ``isles2022`` formats.
+        reference_key, case_key, smir_key: record keys of the reference file, case id and SMIR id.
+        save_probabilities: also write the probabilities.
+
+    Raises (on call):
+        CaseError: a record lacks its reference file; ValueError: a prediction off the reference grid.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | Path = "predictions",
+        output_format: str = "nifti",
+        team_name: str = "team",
+        extension: str = ".nii.gz",
+        reference_key: str = "reference",
+        case_key: str = "case_id",
+        smir_key: str = "smir_id",
+        save_probabilities: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+        if output_format == "isles2018":
+            extension = ISLES2018_SUBMISSION_SUFFIX
+        self.output_dir = Path(output_dir)
+        self.output_format = output_format
+        self.team_name = team_name
+        self.extension = extension
+        self.reference_key = reference_key
+        self.case_key = case_key
+        self.smir_key = smir_key
+        self.save_probabilities = save_probabilities
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case_id = _first(d.get(self.case_key))
+        if case_id is None or str(case_id) == "":
+            raise CaseError(None, _first(d.get(self.reference_key)), f"the record has no {self.case_key!r}: outputs are named by it")
+        case_id = str(case_id)
+        reference = _first(d.get(self.reference_key))
+        if not reference:
+            raise CaseError(case_id, None, f"the record has no {self.reference_key!r} file to take the output grid from")
+        name = prediction_filename(
+            self.output_format, case_id, str(reference), _first(d.get(self.smir_key)), self.team_name, self.extension
+        )
+        for key in self.key_iterator(d):
+            probabilities = torch.as_tensor(d[key]).detach().float().cpu()
+            if probabilities.shape[0] > 1:
+                mask = probabilities.argmax(0)
+                foreground = probabilities[1:].sum(0)
+            else:
+                foreground = probabilities[0]
+                mask = foreground > 0.5
+            path = write_mask_like(mask.numpy().astype(np.uint8), reference, path_in(self.output_dir, name, case_id, "output name"))
+            d[f"{key}_path"] = str(path)
+            if self.save_probabilities:
+                stem = name[: -len(self.extension)] if name.endswith(self.extension) else name
+                target = path_in(self.output_dir, f"{stem}{PROBABILITIES_SUFFIX}", case_id, "output name")
+                affine = np.asarray(getattr(d[key], "affine", np.eye(4)))
+                with atomic_path(target) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez_compressed(f, probabilities=foreground.numpy().astype(np.float16), affine=affine)
+        return d
