@@ -24,13 +24,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from monai.data import partition_dataset
-from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardHandler
+from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
 
 logger = logging.getLogger(__name__)
 
-# handlers that only write (logs, event files, checkpoints) and take part in no collective operation;
+# handlers that only write (logs, event files, checkpoints, MLflow runs) and take part in no collective operation;
 # MetricsSaver is not one of them: it all-gathers on every rank and writes on its `save_rank` itself.
-RANK_ZERO_ONLY = (StatsHandler, TensorBoardHandler, CheckpointSaver)
+# (MONAI's tracking settings also disable their MLFlowHandlers off rank 0, with `is_not_rank0`.)
+RANK_ZERO_ONLY = (StatsHandler, TensorBoardHandler, CheckpointSaver, MLFlowHandler)
 
 
 def is_distributed() -> bool:
@@ -161,7 +162,8 @@ def rank_share(
 
 def handlers_for_rank(handlers: Sequence[Any] | None) -> list[Any] | None:
     """The handlers this rank attaches: all of them on rank 0; on the other ranks all but those that
-    only log or save (:data:`RANK_ZERO_ONLY`: ``StatsHandler``, TensorBoard handlers, ``CheckpointSaver``).
+    only log or save (:data:`RANK_ZERO_ONLY`: ``StatsHandler``, TensorBoard handlers, ``CheckpointSaver``,
+    ``MLFlowHandler``).
 
     Handlers that take part in collective operations (``MetricsSaver``, ``ValidationHandler``, metrics)
     stay on every rank, or rank 0 would wait for the others forever. MONAI lacks such a filter (its

@@ -43,6 +43,11 @@ class LayoutError(ValueError):
     """A dataset root does not match the layout it was read as (or no layout could be detected)."""
 
 
+class MissingExtraError(ValueError):
+    """An option needs a package of one of the project's optional extras (``pyproject.toml``) that is not
+    installed, e.g. ``train --tracking mlflow`` without the ``tracking`` extra; the message says what to install."""
+
+
 def root_cause(err: BaseException) -> BaseException:
     """Return the outermost :class:`CaseError` in ``err``'s chain of causes, else the innermost cause
     (MONAI wraps transform and reader errors in RuntimeErrors)."""

@@ -160,6 +160,35 @@ def test_verify_net_in_out(bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_verify_net_in_out_with_its_default_arguments(bundle):
+    """MONAI's tool as a zoo user runs it: n=1, any=1 and inference.json alone; spatial_shape must hold."""
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+    )
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("config", ["inference.json", "train.json"])
+def test_the_bundle_alone_normalizes_as_the_isles2018_profile_does(bundle, config, datalist):
+    """The ISLES 2018 settings live in the bundle; without the profile a run gets the same network inputs."""
+    from pipeline.data.datalist import load_datalist
+
+    record = load_datalist(datalist, "training")[0]
+    chain = "preprocessing" if config == "inference.json" else "validate#preprocessing"
+    images = []
+    for files in ([str(bundle / "configs" / config)], [str(bundle / "configs" / config), PROFILE]):
+        parser = ConfigParser()
+        parser.read_config(files)
+        parser["datalist"] = str(datalist)
+        images.append(torch.as_tensor(parser.get_parsed_content(chain)(dict(record))["image"]))
+    without, with_profile = images
+    assert float(without.abs().max()) < 10.0  # scaled by percentiles, not raw CBF values in the hundreds or more
+    assert torch.equal(without, with_profile)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_train_resume_export_and_predict(bundle, datalist, tmp_path, capfd):
     output = tmp_path / "run"
     common = ["train", "--bundle", str(bundle), "--datalist", str(datalist), "--fold", "0", "--output", str(output)]
@@ -305,3 +334,10 @@ def test_early_stopping_ends_training_when_validation_stops_improving(datalist, 
     assert trainer.state.epoch == 2 and trainer.state.max_epochs == 4
     saved = torch.load(tmp_path / "models" / "last.pt", weights_only=True)["trainer"]
     assert saved["iteration"] == 2 * saved["epoch_length"]  # the final checkpoint holds the stopped state
+
+
+@pytest.mark.parametrize("config", sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("bundles/*/configs/*.json")))
+def test_config_json_is_formatted_as_the_model_zoo_pre_commit_formats_it(config):
+    """The zoo's pre-commit hook ``pretty-format-json --no-sort-keys --indent=4`` would leave the file unchanged."""
+    text = (ROOT / config).read_text()
+    assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"

@@ -20,6 +20,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="weights, or a train --output folder (default: BUNDLE/models/model.pt)")
     p.add_argument("--probabilities", action="store_true", help="also write float16 probability maps (.npz)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities over mirrored inputs (the axes the network "
+                        "pools: in-plane for the bundles)")
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
     p.add_argument("--strict", action="store_true",
                    help="fail a case with an empty or constant channel instead of warning about it")

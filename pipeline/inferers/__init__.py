@@ -10,7 +10,8 @@ it, and picks by what the network's output depends on:
 - any other network (instance norm, as in nnU-Net) gets MONAI's sliding windows of ``roi_size`` with overlap 0.5
   and Gaussian blending, as :class:`WindowBudgetInferer` (as many windows per call as fit
   :data:`DEFAULT_MAX_BATCH_VOXELS`), or as MONAI's ``SlidingWindowInferer`` when ``sw_batch_size`` is given;
-- either runs inside :class:`pipeline.precision.AutocastInferer` (autocast only with ``amp``).
+- either runs inside :class:`pipeline.precision.AutocastInferer` (autocast only with ``amp``);
+- with ``tta``, :class:`FlipTTAInferer` averages the probabilities over mirrored inputs around that.
 
 Modules:
 
@@ -24,6 +25,8 @@ Modules:
 - :mod:`~pipeline.inferers.tiling`: its tile plans (:class:`AxisPlan`, :class:`TilePlan`, :func:`auto_margin`) and
   the valid output sizes of valid-convolution networks;
 - :mod:`~pipeline.inferers.padding`: :func:`mirror_pad`, the padding the overlap-tile inferer applies tile by tile;
+- :mod:`~pipeline.inferers.tta`: :class:`FlipTTAInferer` and :func:`default_tta_flips`, mirror test-time
+  augmentation around any inferer;
 - :mod:`~pipeline.inferers.ensemble`: :class:`MeanEnsemble` and the activations predictions are averaged after.
 
 Every name is importable from ``pipeline.inferers`` itself.
@@ -37,6 +40,7 @@ from pipeline.inferers.overlap_tile import BLEND_MODES, OverlapTileInferer
 from pipeline.inferers.padding import PADDING_MODES, mirror_pad
 from pipeline.inferers.roi import checked_roi_size, sliding_window_roi
 from pipeline.inferers.selection import segmentation_inferer
+from pipeline.inferers.tta import FlipTTAInferer, default_tta_flips
 from pipeline.inferers.tiling import AUTO_MARGIN_FRACTION, DEFAULT_MAX_TILE_VOXELS, AxisPlan, TilePlan, auto_margin
 from pipeline.inferers.window_budget import DEFAULT_MAX_BATCH_VOXELS, WindowBudgetInferer
 
@@ -47,6 +51,7 @@ __all__ = [
     "BLEND_MODES",
     "DEFAULT_MAX_BATCH_VOXELS",
     "DEFAULT_MAX_TILE_VOXELS",
+    "FlipTTAInferer",
     "MeanEnsemble",
     "OverlapTileInferer",
     "WindowBudgetInferer",
@@ -54,6 +59,7 @@ __all__ = [
     "TilePlan",
     "auto_margin",
     "checked_roi_size",
+    "default_tta_flips",
     "is_valid_conv",
     "mirror_pad",
     "segmentation_inferer",

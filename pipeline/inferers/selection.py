@@ -12,6 +12,7 @@ from pipeline.inferers.network_traits import size_divisor_of, tile_independent
 from pipeline.inferers.overlap_tile import OverlapTileInferer
 from pipeline.inferers.roi import checked_roi_size
 from pipeline.inferers.tiling import DEFAULT_MAX_TILE_VOXELS
+from pipeline.inferers.tta import FlipTTAInferer, default_tta_flips
 from pipeline.inferers.window_budget import WindowBudgetInferer
 from pipeline.precision import AutocastInferer, amp_dtype
 
@@ -26,6 +27,8 @@ def segmentation_inferer(
     overlap: float = 0.5,
     sw_batch_size: int | None = None,
     max_tile_voxels: int | None = DEFAULT_MAX_TILE_VOXELS,
+    tta: bool = False,
+    tta_flips: Sequence[Sequence[int]] | None = None,
 ) -> Inferer:
     """The inferer the bundles validate and predict with, chosen by what the network's output depends on.
 
@@ -36,6 +39,9 @@ def segmentation_inferer(
       :class:`WindowBudgetInferer`, which batches thin windows) over ``roi_size`` windows (the bundles give the
       training patch, :func:`sliding_window_roi`), ``overlap`` 0.5 and Gaussian blending: its normalisation sees
       the window, and windows like the training patches keep its output as trained.
+    - ``tta`` averages the probabilities over mirrored inputs (:class:`pipeline.inferers.tta.FlipTTAInferer`
+      around the chosen inferer): ``tta_flips``, or every combination of the axes the network pools
+      (:func:`pipeline.inferers.tta.default_tta_flips` of its ``strides``).
     - ``amp`` runs either under autocast (:class:`pipeline.precision.AutocastInferer`: bf16 on CPUs and recent GPUs,
       fp16 on older GPUs), outputs in float32.
 
@@ -48,9 +54,13 @@ def segmentation_inferer(
         sw_batch_size: windows or tiles per network call; None: as many windows as fit
             :data:`DEFAULT_MAX_BATCH_VOXELS` (:class:`WindowBudgetInferer`), one grown tile.
         max_tile_voxels: the bound on one grown tile's network input (see :class:`OverlapTileInferer`).
+        tta: mirror test-time augmentation.
+        tta_flips: the flip sets of ``tta`` (default: from the network's strides).
 
     Returns:
-        An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``).
+        An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``);
+        with ``tta``, a :class:`~pipeline.inferers.tta.FlipTTAInferer` around that, whose output is the log of
+        the mean probabilities (a config's softmax after it gives the mean probabilities).
 
     Raises:
         ValueError: on a ``roi_size`` entry of 0 or below -1.
@@ -65,4 +75,8 @@ def segmentation_inferer(
     else:
         inner = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
     device = torch.device(device)
-    return AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
+    chosen: Inferer = AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
+    if tta:
+        flips = tta_flips if tta_flips is not None else default_tta_flips(getattr(network, "strides", None), len(roi))
+        chosen = FlipTTAInferer(chosen, flips)
+    return chosen

@@ -92,6 +92,8 @@ def run_predict(args) -> int:
         ]
         if getattr(args, "strict", False):
             settings.append(("strict_channels", True))
+        if getattr(args, "tta", False):
+            settings.append(("tta", True))
         plans = Path(args.plans) if args.plans else checkpoint.parent / TRAINED_PLANS
         if args.plans or plans.is_file():
             settings += plan_overrides(plans, ARCHITECTURE_KEYS) + trained_network_overrides(plans)

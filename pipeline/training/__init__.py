@@ -10,6 +10,8 @@ Modules:
   placement, the training step that a signal stops cleanly (``run_training``);
 - :mod:`~pipeline.training.checkpoints`: atomic checkpoints with the best score, finding and resuming them;
 - :mod:`~pipeline.training.handlers`: resume, time budget, early stopping and progress bar as trainer handlers.
+- :mod:`~pipeline.training.tracking`: ``--tracking mlflow``, MONAI's bundle tracking with the settings in
+  ``configs/tracking/mlflow.json`` (``tracking_overrides``).
 
 The translation of plans into bundle settings (``plan_overrides``, ``trained_plans.json``) is in
 :mod:`pipeline.planning.bundle_settings`; its names are re-exported here so that older imports work.

@@ -27,6 +27,7 @@ from pipeline.data.datalist import ALL_FOLDS
 from pipeline.planning.bundle_settings import TRAINED_PLANS, plan_overrides, trained_plans
 from pipeline.training.inputs import _check_resumable_with, _read_datalist, check_training_inputs
 from pipeline.training.lock import TrainingLock
+from pipeline.training.tracking import describe_tracking, tracking_overrides
 
 
 def train_command(args, datalist: Mapping[str, Any] | None = None) -> list[str]:
@@ -38,7 +39,9 @@ def train_command(args, datalist: Mapping[str, Any] | None = None) -> list[str]:
 
     Raises:
         FileNotFoundError: no such bundle, datalist or plans file.
-        ValueError: a malformed datalist (named) or override.
+        ValueError: a malformed datalist (named) or override; tracking flags without ``--tracking``, or a bad
+            ``--tracking-uri`` (see :func:`pipeline.training.tracking.tracking_overrides`).
+        pipeline.errors.MissingExtraError: ``--tracking mlflow`` without the mlflow package.
     """
     bundle = check_bundle(args.bundle, "train.json")
     datalist_path = Path(args.datalist).resolve()
@@ -56,6 +59,7 @@ def train_command(args, datalist: Mapping[str, Any] | None = None) -> list[str]:
         settings += [("ckpt_dir", str(output / "models")), ("output_dir", str(output / "eval"))]
     settings += plan_overrides(args.plans)
     settings += parse_overrides(args.set)
+    settings += tracking_overrides(args, bundle, log_dir(args))
     return bundle_command(bundle, "train.json", profile_path(datalist), settings)
 
 
@@ -156,6 +160,9 @@ def run_train(args) -> int:
     models, logs = checkpoint_dir(args), log_dir(args)
     output = Path(args.output).resolve() if args.output else None
     print(f"train: {Path(args.bundle).name}, fold {args.fold} of {args.datalist}")
+    tracked = describe_tracking(command)
+    if tracked:
+        print(tracked)
     # the folders this run creates: removed again if it fails before writing any checkpoint
     created = [folder for folder in dict.fromkeys([output, models, logs]) if folder is not None and not folder.exists()]
     with TrainingLock(models) as lock:

@@ -214,3 +214,25 @@ def test_a_malformed_datalist_is_refused_naming_it(small_dataset, tmp_path, cont
     err = capfd.readouterr().err
     assert str(datalist) in err and "Traceback" not in err
     assert files_under(out) == []
+
+
+def test_predict_with_tta_writes_every_case_and_differs_from_one_pass(small_dataset, tmp_path, capfd):
+    datalist = str(small_dataset / "datalist.json")
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    assert main(predict_args(small_dataset, "--input", datalist, "--output", str(plain), "--probabilities")) == 0
+    assert main(predict_args(small_dataset, "--input", datalist, "--output", str(tta), "--probabilities",
+                             "--tta")) == 0
+    assert "--tta true" in capfd.readouterr().out.lower()
+    entries = read_manifest(tta)
+    assert entries and all(e.status == "written" for e in entries)
+    assert sorted(e.file for e in entries) == sorted(e.file for e in read_manifest(plain))
+    for entry in entries:
+        assert nib.load(str(tta / entry.file)).shape == nib.load(str(plain / entry.file)).shape
+    maps = sorted(p.name for p in plain.glob("*_probabilities.npz"))
+    assert maps and maps == sorted(p.name for p in tta.glob("*_probabilities.npz"))
+    differs = False
+    for name in maps:
+        a, b = np.load(plain / name)["probabilities"], np.load(tta / name)["probabilities"]
+        assert a.shape == b.shape and np.all((b >= 0) & (b <= 1.001))
+        differs |= not np.allclose(a, b, atol=1e-3)
+    assert differs, "TTA gave the same probabilities as one pass"
