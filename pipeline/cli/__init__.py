@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import benchmark, demo, evaluate, predict, prepare, report, synth, train
+from pipeline.cli import benchmark, demo, evaluate, export, predict, prepare, report, synth, train
 from pipeline.cli.arguments import debug_parent
 from pipeline.errors import EXIT_INTERRUPTED, cli_message
 
 # In the order of ``--help``.
-COMMANDS = (synth, prepare, train, predict, evaluate, report, benchmark, demo)
+COMMANDS = (synth, prepare, train, predict, evaluate, export, report, benchmark, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
