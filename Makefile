@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers; each test module runs on one worker, so its module fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -23,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m pipeline demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

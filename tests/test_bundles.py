@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = [ROOT / "bundles" / "isles_unetplusplus", ROOT / "bundles" / "isles_unet"]
 PROFILE = str(ROOT / "configs" / "datasets" / "isles2018.yaml")
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
-TINY = ["--set", "features=[4,8,8,16,16]", "--set", "patch_size=[64,64,2]", "--set", "val_interval=1",
+TINY = ["--plans", "none", "--set", "features=[4,8,8,16,16]", "--set", "patch_size=[64,64,2]", "--set", "val_interval=1",
         "--set", "batch_size=2", "--set", "cache_rate=0.0"]
 IDS = ["unetplusplus", "unet"]
 
@@ -107,6 +107,29 @@ def test_metadata_validates_against_the_bundle_schema(bundle):
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
     assert metadata["network_data_format"]["inputs"]["image"]["channel_def"] == {
         "0": "CBF", "1": "CBV", "2": "MTT", "3": "Tmax"}
+
+
+# Releases without wheels for Python 3.10 (the model zoo's runner), checked by hand with pip's --python-version (no
+# network here): numpy 2.3 and 2.4, scipy 1.16 and 1.17, pandas 3 need Python 3.11. (PyYAML "6.0", the release
+# 6.0.0, has no wheels beyond Python 3.11: the pins are exact three-part releases.)
+NOT_ON_PYTHON_3_10 = {"numpy": ("2.3.", "2.4."), "scipy": ("1.16.", "1.17."), "pandas": ("3.",)}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+def test_metadata_pins_versions_that_install_on_python_3_10_to_3_13(bundle):
+    """Every version metadata.json pins is one of the versions checked to install on Python 3.10 through 3.13
+    (pipeline.export.metadata.PINNED_VERSIONS), and the packages are those the bundle's code and configs import."""
+    from pipeline.export.metadata import OWN_KEYS, PINNED_VERSIONS, required_distributions
+    from pipeline.export.vendoring import plan_vendoring
+
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    pins = {name: metadata[key] for name, key in OWN_KEYS.items()} | metadata["required_packages_version"]
+    assert pins == {name: PINNED_VERSIONS[name] for name in pins}
+    for name, version in pins.items():
+        assert version.count(".") == 2, (name, version)  # an exact release, as the zoo installs NAME==VERSION
+        assert not version.startswith(NOT_ON_PYTHON_3_10.get(name, ())), (name, version)
+    configs = [json.loads(p.read_text()) for p in (bundle / "configs").glob("*.json") if p.name != "metadata.json"]
+    assert sorted(pins, key=str.lower) == required_distributions(plan_vendoring(configs, ROOT).third_party, configs)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)

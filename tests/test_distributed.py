@@ -42,7 +42,7 @@ def datalist(synthetic_datalist) -> Path:
 def run_logged(command: list[str]) -> subprocess.CompletedProcess:
     """Run a command from the project root on one thread per process, output captured."""
     return subprocess.run(command, cwd=str(ROOT), env={**os.environ, **ONE_THREAD},
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,6 +315,34 @@ def test_plans_from_a_prepared_synthetic_dataset(tmp_path):
     assert plans["resample_pixdim"][2] == 0.0
     assert plans["patch_size"][2] == plans["fingerprint_summary"]["median_slices"]
     assert plans["fingerprint_summary"]["training_cases"] == 3
+
+
+def test_train_runs_with_the_plans_prepare_wrote_beside_the_datalist_unless_plans_none(tmp_path):
+    import argparse
+
+    from pipeline.training.command import train_command
+    from pipeline.planning.bundle_settings import trained_plans
+
+    root = tmp_path / "synth"
+    assert main(["synth", str(root), "--cases", "3", "--test-cases", "1", "--seed", "0"]) == 0
+    assert main(["prepare", "--root", str(root), "--out", str(root / "datalist.json"), "--folds", "2"]) == 0
+    plans = load_plans(root / "plans.json")
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
+
+    def command(plans_option):
+        args = argparse.Namespace(bundle=str(bundle), datalist=str(root / "datalist.json"), fold=0, epochs=None,
+                                  output=None, plans=plans_option, set=None, tracking=None, tracking_uri=None,
+                                  experiment=None)
+        return train_command(args), trained_plans(args)
+
+    line, trained = command(None)
+    planned = "[" + ",".join(str(v) for v in plans["patch_size"]) + "]"
+    assert line[line.index("--patch_size") + 1] == planned and trained["patch_size"] == plans["patch_size"]
+    line, trained = command("none")
+    assert "--patch_size" not in line and "--features" not in line and trained is None
+    (root / "plans.json").unlink()
+    line, trained = command(None)
+    assert "--patch_size" not in line and trained is None
 
 
 def test_resample_pixdim_is_what_spacingd_takes_a_zero_keeps_the_thick_slices():

@@ -42,7 +42,7 @@ def no_tracking_env(monkeypatch):
 
 def train_argv(datalist: Path, output: Path, *extra: str) -> list[str]:
     return ["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--output", str(output),
-            *extra]
+            "--plans", "none", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.data.datalist import ALL_FOLDS
+from pipeline.data.datalist import ALL_FOLDS, CROSS_VALIDATION
 
 
 def debug_parent() -> argparse.ArgumentParser:
@@ -15,18 +15,24 @@ def debug_parent() -> argparse.ArgumentParser:
     return common
 
 
-def fold_argument(text: str) -> int | str:
-    """``--fold``: a fold number, or ``all`` (train on every training case, nnU-Net's "fold all").
+def fold_argument(text: str) -> int | str | tuple[int, ...]:
+    """``--fold``: a fold number; ``all`` (train on every training case, nnU-Net's "fold all"); ``cv`` (every fold
+    of the datalist, one run after another: a cross-validation); or a comma-separated list of folds, e.g. ``0,2``.
 
     Raises:
         argparse.ArgumentTypeError: anything else.
     """
-    if text == ALL_FOLDS:
+    text = text.strip()
+    if text in (ALL_FOLDS, CROSS_VALIDATION):
         return text
     try:
-        return int(text)
+        folds = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a fold is a whole number or {ALL_FOLDS!r}; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a fold is a whole number, a comma-separated list of them, {ALL_FOLDS!r} or "
+                                         f"{CROSS_VALIDATION!r}; got {text!r}") from None
+    if len(set(folds)) != len(folds):
+        raise argparse.ArgumentTypeError(f"--fold {text}: a fold is listed twice")
+    return folds[0] if len(folds) == 1 else folds
 
 
 def add_bundle_arguments(parser: argparse.ArgumentParser, plans_help: str, set_example: str,

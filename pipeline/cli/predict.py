@@ -18,7 +18,11 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--split", default="testing", choices=["testing", "training"],
                    help="which cases of the datalist or folder to predict (default testing)")
     p.add_argument("--checkpoint", default=None,
-                   help="weights, or a train --output folder (default: BUNDLE/models/model.pt)")
+                   help="weights, a train --output folder or a folder of fold runs; several, comma-separated, are "
+                        "ensembled (the mean of their probabilities) (default: BUNDLE/models/model.pt)")
+    p.add_argument("--model", default=None, metavar="RUN",
+                   help="a train --output folder (its best model, else its last checkpoint), or the --output of "
+                        "train --fold cv, whose folds are ensembled")
     p.add_argument("--probabilities", action="store_true", help="also write float16 probability maps (.npz)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities over mirrored inputs (the axes the network "

@@ -12,13 +12,17 @@ TRACKING_BACKENDS = ("mlflow",)
 
 def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``train`` sub-command to ``sub``."""
-    p = sub.add_parser("train", parents=parents, help="train a bundle on one fold (wraps `python -m monai.bundle run`)")
+    p = sub.add_parser("train", parents=parents, help="train a bundle on one fold or a cross-validation (wraps `python -m monai.bundle run`)")
     p.add_argument("--datalist", required=True, help="datalist written by prepare")
     p.add_argument("--fold", type=fold_argument, default=0,
-                   help="validation fold; the others train (default 0); 'all' trains on every training case")
+                   help="validation fold; the others train (default 0); 'all' trains on every training case; 'cv' "
+                        "trains every fold of the datalist one after another (or a list, e.g. 0,1,2) into "
+                        "OUTPUT/fold_<k>/ and writes OUTPUT/cross_validation.json (predict --model OUTPUT "
+                        "ensembles them)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the bundle's)")
     p.add_argument("--output", default=None, help="folder for models/ and eval/ (default: the bundle's own)")
-    add_bundle_arguments(p, "plans.json whose patch size, strides, kernels, widths, batch size are used",
+    add_bundle_arguments(p, "plans.json whose patch size, strides, kernels, widths, batch size are used (default: "
+                            "the plans.json beside the datalist, when prepare wrote one; 'none': the bundle's own)",
                          "learning_rate=0.003")
     tracking = p.add_argument_group("experiment tracking", "MLflow, through MONAI's bundle tracking "
                                     '(needs the tracking extra: pip install -e ".[tracking]")')
@@ -35,11 +39,16 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    """``train --bundle DIR --datalist datalist.json [--fold K] [--epochs N] [--output DIR] [--plans plans.json]
-    [--tracking mlflow [--tracking-uri URI] [--experiment NAME]]``.
+    """``train --bundle DIR --datalist datalist.json [--fold K|all|cv|K,L,...] [--epochs N] [--output DIR]
+    [--plans plans.json|none] [--tracking mlflow [--tracking-uri URI] [--experiment NAME]]``.
 
-    Returns the exit status of :func:`pipeline.training.run_train`.
+    Returns the exit status of :func:`pipeline.training.run_train` (of
+    :func:`pipeline.training.cross_validation.run_cross_validation` for several folds).
     """
     from pipeline.training import run_train
+    from pipeline.training.cross_validation import run_cross_validation, training_folds
 
-    return run_train(args)
+    folds = training_folds(args.fold, args.datalist)
+    if folds is None:
+        return run_train(args)
+    return run_cross_validation(args, folds)

@@ -285,6 +285,8 @@ def read_datalist_json(path: str | Path) -> dict[str, Any]:
 
 
 ALL_FOLDS = "all"
+# ``train --fold cv``: every fold of the datalist, one run after another (a cross-validation)
+CROSS_VALIDATION = "cv"
 
 
 def load_datalist(

@@ -27,14 +27,15 @@ Modules:
 - :mod:`~pipeline.inferers.padding`: :func:`mirror_pad`, the padding the overlap-tile inferer applies tile by tile;
 - :mod:`~pipeline.inferers.tta`: :class:`FlipTTAInferer` and :func:`default_tta_flips`, mirror test-time
   augmentation around any inferer;
-- :mod:`~pipeline.inferers.ensemble`: :class:`MeanEnsemble` and the activations predictions are averaged after.
+- :mod:`~pipeline.inferers.ensemble`: :class:`MeanEnsemble` (checkpoints as one module), :class:`EnsembleInferer`
+  (an inferer run per member, the probabilities averaged) and the activations predictions are averaged after.
 
 Every name is importable from ``pipeline.inferers`` itself.
 """
 
 from __future__ import annotations
 
-from pipeline.inferers.ensemble import ACTIVATIONS, MeanEnsemble
+from pipeline.inferers.ensemble import ACTIVATIONS, EnsembleInferer, MeanEnsemble, log_of_mean
 from pipeline.inferers.network_traits import is_valid_conv, size_divisor_of, tile_independent
 from pipeline.inferers.overlap_tile import BLEND_MODES, OverlapTileInferer
 from pipeline.inferers.padding import PADDING_MODES, mirror_pad
@@ -53,6 +54,8 @@ __all__ = [
     "DEFAULT_MAX_TILE_VOXELS",
     "FlipTTAInferer",
     "MeanEnsemble",
+    "EnsembleInferer",
+    "log_of_mean",
     "OverlapTileInferer",
     "WindowBudgetInferer",
     "PADDING_MODES",

@@ -1,4 +1,5 @@
-"""Averaging predictions: activation names, the one-tensor output check, and :class:`MeanEnsemble`."""
+"""Averaging predictions: activation names, the one-tensor output check, :class:`MeanEnsemble` (several networks as
+one module) and :class:`EnsembleInferer` (an inferer run once per member, the probabilities averaged)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from functools import reduce
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
 from torch import nn
 
 from pipeline.inferers.network_traits import is_valid_conv
 
-__all__ = ["ACTIVATIONS", "MeanEnsemble"]
+__all__ = ["ACTIVATIONS", "EnsembleInferer", "MeanEnsemble", "log_of_mean"]
 
 ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -46,18 +49,22 @@ class MeanEnsemble(nn.Module):
         networks: the member networks; each returns one tensor (N, C, *spatial) of the same shape.
         activation: ``"softmax"`` (over dim 1, the default), ``"sigmoid"``, a callable, or None to average the raw
             outputs (logits) instead of probabilities.
+        log_output: return the logarithm of the mean (of softmax probabilities: a drop-in replacement for logits,
+            since a softmax after it gives the mean probabilities back, as in the bundles' inference configs).
 
     Valid-convolution members (see :func:`is_valid_conv`) must share their geometry (``margin``); the ensemble then
     exposes ``margin``, ``output_size`` and ``input_size_for`` of the first member, so
     :class:`OverlapTileInferer` tiles it like a single valid-convolution network. Same-padded members that all
     expose a ``size_divisor`` give the ensemble the least common multiple of theirs, so it gets grown tiles too.
+    Members that share their ``strides`` give the ensemble theirs (the axes mirror test-time augmentation flips).
 
     Raises:
         ValueError: if ``networks`` is empty, mixes valid-convolution and same-padded members, or the
             valid-convolution members have different margins; or on an unknown activation name.
     """
 
-    def __init__(self, networks: Sequence[nn.Module], activation: str | Callable | None = "softmax") -> None:
+    def __init__(self, networks: Sequence[nn.Module], activation: str | Callable | None = "softmax",
+                 log_output: bool = False) -> None:
         super().__init__()
         networks = list(networks)
         if not networks:
@@ -65,6 +72,10 @@ class MeanEnsemble(nn.Module):
         self.networks = nn.ModuleList(networks)
         self.activation = activation
         self._activation = _resolve_activation(activation)
+        self.log_output = bool(log_output)
+        strides = [getattr(net, "strides", None) for net in networks]
+        if strides[0] is not None and all(s == strides[0] for s in strides):
+            self.strides = strides[0]  # what test-time augmentation mirrors (default_tta_flips)
         valid = [is_valid_conv(net) for net in networks]
         if any(valid) and not all(valid):
             raise ValueError(
@@ -89,7 +100,7 @@ class MeanEnsemble(nn.Module):
                 self.size_divisor = [reduce(math.lcm, axis) for axis in zip(*expanded)]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Return the mean over the members of ``activation(member(x, *args, **kwargs))``.
+        """Return the mean over the members of ``activation(member(x, *args, **kwargs))`` (its log with ``log_output``).
 
         Raises:
             TypeError: if a member returns something other than one tensor (e.g. a tuple in training mode).
@@ -101,4 +112,46 @@ class MeanEnsemble(nn.Module):
                 y = self._activation(y)
             total = y if total is None else total + y
         assert total is not None
+        if self.log_output:
+            return log_of_mean(total, len(self.networks))
         return total / len(self.networks)
+
+
+def log_of_mean(total: torch.Tensor, count: int, like: Any = None) -> torch.Tensor:
+    """``log(total / count)`` in float32, clamped above 0, with the metadata of ``like`` when it is a MetaTensor:
+    the mean of ``count`` probability maps as a drop-in replacement for logits (a softmax after it gives the mean)."""
+    mean = total.float() / count
+    out = torch.log(mean.clamp_min(torch.finfo(torch.float32).tiny))
+    if isinstance(like, MetaTensor):
+        out = MetaTensor(out, meta=like.meta, applied_operations=like.applied_operations)
+    return out
+
+
+class EnsembleInferer(Inferer):
+    """Run ``inferer`` with each member of an ensemble and average their probabilities (softmax over channels).
+
+    Each member predicts the whole input on its own, windows and blending included, so the result is the mean of
+    the members' predictions as each would give it alone. Called with a :class:`MeanEnsemble`, it runs its
+    members; with any other network, that network alone. Returns the log of the mean probabilities (see
+    :func:`log_of_mean`), so that a config's ``Activationsd(softmax=True)`` after it gives the mean.
+
+    Args:
+        inferer: the inferer of one member (e.g. MONAI's ``SlidingWindowInferer``).
+    """
+
+    def __init__(self, inferer: Inferer) -> None:
+        super().__init__()
+        self.inferer = inferer
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Predict ``inputs`` (N, C, *spatial) with every member; returns the log of the mean probabilities."""
+        members = list(network.networks) if isinstance(network, MeanEnsemble) else [network]
+        total: torch.Tensor | None = None
+        first: Any = None
+        for member in members:
+            output = self.inferer(inputs, member, *args, **kwargs)
+            first = output if first is None else first
+            probabilities = torch.softmax(torch.as_tensor(output).float(), dim=1)
+            total = probabilities if total is None else total + probabilities
+        assert total is not None
+        return log_of_mean(total, len(members), first)

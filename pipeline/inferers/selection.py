@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 
+from pipeline.inferers.ensemble import EnsembleInferer, MeanEnsemble
 from pipeline.inferers.network_traits import size_divisor_of, tile_independent
 from pipeline.inferers.overlap_tile import OverlapTileInferer
 from pipeline.inferers.roi import checked_roi_size
@@ -42,6 +43,8 @@ def segmentation_inferer(
     - ``tta`` averages the probabilities over mirrored inputs (:class:`pipeline.inferers.tta.FlipTTAInferer`
       around the chosen inferer): ``tta_flips``, or every combination of the axes the network pools
       (:func:`pipeline.inferers.tta.default_tta_flips` of its ``strides``).
+    - A :class:`pipeline.inferers.MeanEnsemble` (several checkpoints) gets :class:`EnsembleInferer` around the
+      chosen inferer: each member predicts the whole input, and their probabilities are averaged.
     - ``amp`` runs either under autocast (:class:`pipeline.precision.AutocastInferer`: bf16 on CPUs and recent GPUs,
       fp16 on older GPUs), outputs in float32.
 
@@ -59,8 +62,9 @@ def segmentation_inferer(
 
     Returns:
         An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``);
-        with ``tta``, a :class:`~pipeline.inferers.tta.FlipTTAInferer` around that, whose output is the log of
-        the mean probabilities (a config's softmax after it gives the mean probabilities).
+        for an ensemble, an :class:`EnsembleInferer` around that; with ``tta``, a
+        :class:`~pipeline.inferers.tta.FlipTTAInferer` around that. The output of both is the log of the mean
+        probabilities (a config's softmax after it gives the mean probabilities).
 
     Raises:
         ValueError: on a ``roi_size`` entry of 0 or below -1.
@@ -76,6 +80,8 @@ def segmentation_inferer(
         inner = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
     device = torch.device(device)
     chosen: Inferer = AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
+    if isinstance(network, MeanEnsemble):
+        chosen = EnsembleInferer(chosen)
     if tta:
         flips = tta_flips if tta_flips is not None else default_tta_flips(getattr(network, "strides", None), len(roi))
         chosen = FlipTTAInferer(chosen, flips)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
 from monai.inferers import Inferer
+
+from pipeline.inferers.ensemble import log_of_mean
 
 
 __all__ = ["FlipTTAInferer", "default_tta_flips"]
@@ -83,8 +84,4 @@ class FlipTTAInferer(Inferer):
             dims = [2 + a for a in axes]
             mirrored = self.inferer(torch.flip(plain, dims), network, *args, **kwargs)
             total = total + torch.flip(torch.softmax(torch.as_tensor(mirrored).float(), dim=1), dims)
-        mean = total / (len(self.flips) + 1)
-        out = torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
-        if isinstance(first, MetaTensor):
-            out = MetaTensor(out, meta=first.meta, applied_operations=first.applied_operations)
-        return out
+        return log_of_mean(total, len(self.flips) + 1, first)

@@ -1,6 +1,7 @@
 """The one translation of plans into bundle settings, and the plans a run was trained with (``trained_plans.json``).
 
-``train --plans`` turns a plans file into bundle config overrides (:func:`plan_overrides`, the config ids of
+``train`` uses the ``plans.json`` beside the datalist, or ``--plans`` (:func:`training_plans_path`), and turns it
+into bundle config overrides (:func:`plan_overrides`, the config ids of
 :data:`PLANNED_KEYS`) and writes the plans it trains with, its ``--set`` overrides applied
 (:func:`trained_plans`), beside the checkpoints as :data:`TRAINED_PLANS`. ``predict`` reads them back from
 there (:data:`ARCHITECTURE_KEYS`, :func:`trained_network_overrides`) so that it rebuilds the trained network.
@@ -25,6 +26,10 @@ ARCHITECTURE_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "pixdi
 PLAN_SOURCES = {"pixdim": "resample_pixdim"}
 # the plans a run was trained with, kept beside its checkpoints
 TRAINED_PLANS = "trained_plans.json"
+# the plans ``prepare`` writes beside the datalist, which ``train`` uses unless ``--plans`` says otherwise
+PLANS_FILE = "plans.json"
+# ``train --plans none``: the bundle's own settings, even when there are plans beside the datalist
+NO_PLANS = "none"
 # ``--set network_def#...`` overrides of a training run, kept in its trained plans under this key for ``predict``
 NETWORK_DEF_PREFIX = "network_def#"
 NETWORK_OVERRIDES = "network_overrides"
@@ -67,12 +72,31 @@ def trained_network_overrides(plans_path: str | Path) -> list[tuple[str, str]]:
     return [(str(k), str(v)) for k, v in (load_plans(plans_path).get(NETWORK_OVERRIDES) or {}).items()]
 
 
-def trained_plans(args) -> dict[str, Any] | None:
-    """The plans a run of ``args`` trains with (``--plans`` with the run's ``--set`` overrides applied), as
-    written to ``models/trained_plans.json``; ``None`` without ``--plans``.
+def training_plans_path(plans: str | Path | None, datalist: str | Path) -> Path | None:
+    """The plans a ``train`` run uses: ``--plans`` when given, else the ``plans.json`` that ``prepare`` wrote beside
+    the datalist (:data:`PLANS_FILE`), when there is one; ``--plans none`` (:data:`NO_PLANS`): the bundle's defaults.
 
     Args:
-        args: the parsed ``train`` arguments (``plans``, ``set``).
+        plans: the ``--plans`` value (a path, ``"none"`` or ``None``).
+        datalist: the run's datalist.
+
+    Returns:
+        The plans file, or ``None`` for the bundle's own settings.
+    """
+    if plans is None:
+        beside = Path(datalist).resolve().parent / PLANS_FILE
+        return beside if beside.is_file() else None
+    if str(plans).strip().lower() == NO_PLANS:
+        return None
+    return Path(plans)
+
+
+def trained_plans(args) -> dict[str, Any] | None:
+    """The plans a run of ``args`` trains with (:func:`training_plans_path`, with the run's ``--set`` overrides
+    applied), as written to ``models/trained_plans.json``; ``None`` when it trains with the bundle's settings.
+
+    Args:
+        args: the parsed ``train`` arguments (``plans``, ``datalist``, ``set``).
 
     Returns:
         The plans, or ``None``.
@@ -81,11 +105,12 @@ def trained_plans(args) -> dict[str, Any] | None:
         FileNotFoundError, ValueError: no such plans file, or an unreadable one; a ``--set`` of a planned key
             whose value is not JSON.
     """
-    if not args.plans:
+    path = training_plans_path(args.plans, args.datalist)
+    if path is None:
         return None
     from pipeline.planning.plans import load_plans
 
-    plans = load_plans(args.plans)
+    plans = load_plans(path)
     for key, value in parse_overrides(args.set):
         if key in PLANNED_KEYS:  # the run's --set wins over the plans: keep what was really trained
             try:

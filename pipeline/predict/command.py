@@ -9,6 +9,7 @@ predicts its share of the cases; the files written are the same as with one proc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -20,9 +21,42 @@ from pipeline.distributed import torchrun_command
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError
 from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest
 from pipeline.predict.checkpoint import check_checkpoint, configured_network
+from pipeline.predict.models import BEST_MODEL, resolve_checkpoints
 from pipeline.predict.names import OUTPUT_FORMATS, planned_output_names
 from pipeline.predict.publishing import STAGING_PREFIX, clear_stale_staging, existing_outputs, publish_results
 from pipeline.planning.bundle_settings import ARCHITECTURE_KEYS, TRAINED_PLANS, plan_overrides, trained_network_overrides
+
+
+def checkpoint_specs(args) -> list[str]:
+    """What ``--checkpoint`` and ``--model`` name, in order: each a comma-separated list of checkpoint files,
+    training run folders or folders of fold runs (see :func:`pipeline.predict.models.resolve_checkpoints`)."""
+    specs = []
+    for value in (getattr(args, "checkpoint", None), getattr(args, "model", None)):
+        specs += [part.strip() for part in str(value or "").split(",") if part.strip()]
+    return specs
+
+
+def network_settings(checkpoints: list[Path], plans: str | Path | None) -> list[tuple[str, object]]:
+    """The network's config settings for ``checkpoints``: from ``--plans`` when given, else from the
+    ``trained_plans.json`` beside the checkpoints (none when there is none).
+
+    Raises:
+        CaseError: the checkpoints of an ensemble were trained with different networks (their trained plans differ).
+        FileNotFoundError, ValueError: a missing or unreadable plans file.
+    """
+    if plans:
+        return plan_overrides(Path(plans), ARCHITECTURE_KEYS) + trained_network_overrides(Path(plans))
+    chosen: list[tuple[str, object]] | None = None
+    for checkpoint in checkpoints:
+        trained = checkpoint.parent / TRAINED_PLANS
+        found = plan_overrides(trained, ARCHITECTURE_KEYS) + trained_network_overrides(trained) if trained.is_file() else []
+        if chosen is None:
+            chosen, first = found, checkpoint
+        elif found != chosen:
+            raise CaseError(None, str(checkpoint),
+                            f"was trained with another network than {first} ({TRAINED_PLANS} beside them differ): an "
+                            "ensemble averages checkpoints of one network; predict with each on its own")
+    return chosen or []
 
 
 def run_predict(args) -> int:
@@ -34,6 +68,10 @@ def run_predict(args) -> int:
     ``--output``; only when it has finished are its results published (:func:`publish_results`), replacing
     every result of an earlier run, so the folder holds one run's predictions, its ``manifest.csv`` and, when
     cases failed, ``failures.csv``. An interrupted run leaves the earlier results as they were.
+
+    ``--checkpoint`` and ``--model`` (:func:`checkpoint_specs`) may name several checkpoints, or a folder of fold
+    runs: the bundle then averages the probabilities of one network per checkpoint (``ckpt_path`` as a list, see
+    :func:`pipeline.predict.weights.ensemble_network`), all built from the same trained plans (:func:`network_settings`).
 
     ``args.nproc`` (``--nproc``, default 1) above 1 runs the bundle under ``torch.distributed.run``
     with ``configs/multi_gpu_inference.json`` (one process per GPU on a GPU machine).
@@ -56,11 +94,7 @@ def run_predict(args) -> int:
     if extra_configs:
         check_bundle(bundle, extra_configs[0])
     output_dir = Path(args.output).resolve()
-    checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else bundle / "models" / "model.pt"
-    if checkpoint.is_dir() and (checkpoint / "models" / "model.pt").is_file():
-        checkpoint = checkpoint / "models" / "model.pt"  # a training run's folder: its best model
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} not found: train the bundle first or give --checkpoint")
+    checkpoints = resolve_checkpoints(checkpoint_specs(args), bundle / "models" / BEST_MODEL)
     if args.format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown --format {args.format!r}")
     overrides = parse_overrides(args.set)
@@ -87,18 +121,19 @@ def run_predict(args) -> int:
         planned_output_names(records, args.format, args.name, ".nii.gz", bool(args.probabilities))
         settings = [
             ("datalist", str(datalist_path)), ("data_split", split), ("output_dir", str(output_dir)),
-            ("ckpt_path", str(checkpoint)), ("output_format", args.format), ("team_name", args.name),
+            ("ckpt_path", str(checkpoints[0]) if len(checkpoints) == 1 else json.dumps([str(c) for c in checkpoints])),
+            ("output_format", args.format), ("team_name", args.name),
             ("save_probabilities", bool(args.probabilities)), ("channels", channels), ("prediction_run_id", run_id),
         ]
         if getattr(args, "strict", False):
             settings.append(("strict_channels", True))
         if getattr(args, "tta", False):
             settings.append(("tta", True))
-        plans = Path(args.plans) if args.plans else checkpoint.parent / TRAINED_PLANS
-        if args.plans or plans.is_file():
-            settings += plan_overrides(plans, ARCHITECTURE_KEYS) + trained_network_overrides(plans)
+        settings += network_settings(checkpoints, args.plans)
         profile = profile_path(datalist)
-        check_checkpoint(checkpoint, configured_network(bundle, profile, settings + overrides), channels)
+        network = configured_network(bundle, profile, settings + overrides)
+        for checkpoint in checkpoints:
+            check_checkpoint(checkpoint, network, channels)
 
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_stale_staging(output_dir)
@@ -111,6 +146,9 @@ def run_predict(args) -> int:
             if nproc > 1:
                 command, equivalent = torchrun_command(command, nproc), torchrun_command(equivalent, nproc)
             processes = f", {nproc} processes" if nproc > 1 else ""
+            if len(checkpoints) > 1:
+                print(f"predict: an ensemble of {len(checkpoints)} checkpoints (the mean of their probabilities): "
+                      + ", ".join(str(c) for c in checkpoints))
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
             status = run_command(command, condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)

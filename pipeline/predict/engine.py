@@ -98,7 +98,8 @@ class ResilientEvaluator(SupervisedEvaluator):
         case_key: the batch key naming the case.
         manifest_path: where the run's manifest (:mod:`pipeline.manifest`: one row per case, written or failed,
             with the weights and the time) is written at the end (``None``: not written).
-        checkpoint: the weights' path, recorded in the manifest with its SHA-256.
+        checkpoint: the weights' path, recorded in the manifest with its SHA-256; a list of paths (an ensemble) is
+            recorded joined by ``;``, with their hashes in the same order.
         run_id: the run's id in the manifest (default: a fresh one).
         path_key: the output key under which the writer (:class:`pipeline.predict.SavePredictiond`) leaves the
             written file's path.
@@ -110,7 +111,7 @@ class ResilientEvaluator(SupervisedEvaluator):
         failures_path: str | Path | None = None,
         case_key: str = "case_id",
         manifest_path: str | Path | None = None,
-        checkpoint: str | Path | None = None,
+        checkpoint: str | Path | Sequence[str | Path] | None = None,
         run_id: str | None = None,
         path_key: str = "pred_path",
         **kwargs,
@@ -121,7 +122,9 @@ class ResilientEvaluator(SupervisedEvaluator):
         self.written: list[dict[str, str]] = []
         self.failures_path = Path(failures_path) if failures_path else None
         self.manifest_path = Path(manifest_path) if manifest_path else None
-        self.checkpoint = str(checkpoint) if checkpoint else ""
+        paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint or [])
+        self.checkpoints = [str(p) for p in paths if p]
+        self.checkpoint = ";".join(self.checkpoints)
         self.run_id = run_id or new_run_id()
         self.path_key = path_key
         self.case_key = case_key
@@ -170,7 +173,7 @@ class ResilientEvaluator(SupervisedEvaluator):
 
     def manifest_entries(self) -> list[ManifestEntry]:
         """The manifest rows of the run so far: every written case and every failed case."""
-        sha = file_sha256(self.checkpoint) if self.checkpoint else ""
+        sha = ";".join(file_sha256(p) for p in self.checkpoints)
         rows = [ManifestEntry(self.run_id, w["case_id"], w["file"], WRITTEN, self.checkpoint, sha, w["written_at"])
                 for w in self.written]
         rows += [ManifestEntry(self.run_id, f["case_id"], "", FAILED, self.checkpoint, sha, utc_now(), f["error"])

@@ -276,3 +276,20 @@ def attach_resume(
         CheckpointLoader(load_path=str(checkpoint), load_dict=load_dict, map_location=map_location).attach(trainer)
     return checkpoint
 
+
+def recorded_best_metric(checkpoint: str | Path) -> tuple[float, int] | None:
+    """The best validation score a training checkpoint records (what :class:`AtomicCheckpointSaver` keeps in the
+    final checkpoint, ``last.pt``, under ``"best_metric"``), as ``(score, epoch)``; epoch -1 when not recorded.
+
+    Returns:
+        The score, or ``None`` when the file is missing, unreadable, or holds no score (no validation yet, or a
+        bare state dict such as ``model.pt``).
+    """
+    try:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable or missing file simply records no score
+        return None
+    record = state.get("best_metric") if isinstance(state, dict) else None
+    if isinstance(record, dict) and record.get("best_metric") is not None:
+        return float(record["best_metric"]), int(record.get("best_metric_epoch", -1))
+    return None

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
 from pipeline.data.datalist import ALL_FOLDS
-from pipeline.planning.bundle_settings import TRAINED_PLANS, plan_overrides, trained_plans
+from pipeline.planning.bundle_settings import TRAINED_PLANS, plan_overrides, trained_plans, training_plans_path
 from pipeline.training.inputs import _check_resumable_with, _read_datalist, check_training_inputs
 from pipeline.training.lock import TrainingLock
 from pipeline.training.tracking import describe_tracking, tracking_overrides
@@ -57,7 +57,7 @@ def train_command(args, datalist: Mapping[str, Any] | None = None) -> list[str]:
     if args.output:
         output = Path(args.output).resolve()
         settings += [("ckpt_dir", str(output / "models")), ("output_dir", str(output / "eval"))]
-    settings += plan_overrides(args.plans)
+    settings += plan_overrides(training_plans_path(args.plans, datalist_path))
     settings += parse_overrides(args.set)
     settings += tracking_overrides(args, bundle, log_dir(args))
     return bundle_command(bundle, "train.json", profile_path(datalist), settings)
@@ -140,7 +140,9 @@ def run_train(args) -> int:
     checkpoints to resume are of the same network) and the checkpoint folder is locked (:class:`TrainingLock`:
     a second run in the same folder refuses, with exit status 2). Holding the lock, the run clears the temporary
     files an interrupted run left in its checkpoint folder, and, with ``--plans``, writes the plans beside the
-    checkpoints (``models/trained_plans.json``) so that ``predict`` rebuilds the same network.
+    checkpoints (``models/trained_plans.json``) so that ``predict`` rebuilds the same network. The plans are
+    ``--plans``, else the ``plans.json`` that ``prepare`` wrote beside the datalist
+    (:func:`pipeline.planning.bundle_settings.training_plans_path`); ``--plans none`` trains with the bundle's own.
 
     A run that fails before writing any checkpoint leaves nothing behind: its trained plans (the previous ones
     are restored) and the folders it created are removed. SIGTERM or Ctrl-C stop the bundle run after the current
@@ -160,6 +162,13 @@ def run_train(args) -> int:
     models, logs = checkpoint_dir(args), log_dir(args)
     output = Path(args.output).resolve() if args.output else None
     print(f"train: {Path(args.bundle).name}, fold {args.fold} of {args.datalist}")
+    used = training_plans_path(args.plans, args.datalist)
+    if used is not None and args.plans is None:
+        print(f"train: with the plans beside the datalist, {used} (--plans none trains with the bundle's settings)")
+    elif used is not None:
+        print(f"train: with the plans {used}")
+    else:
+        print("train: with the bundle's own network and patch settings (no plans)")
     tracked = describe_tracking(command)
     if tracked:
         print(tracked)

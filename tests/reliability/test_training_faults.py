@@ -24,7 +24,7 @@ from reliability_helpers import fill
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "isles_unet"
 # a network and grid small enough for an epoch of a fraction of a second on one CPU core: 4 mm voxels in-plane
-TINY = ["--set", "features=[4,4,8,8,8]", "--set", "patch_size=[32,32,2]", "--set", "pixdim=[4.0,4.0,0.0]",
+TINY = ["--plans", "none", "--set", "features=[4,4,8,8,8]", "--set", "patch_size=[32,32,2]", "--set", "pixdim=[4.0,4.0,0.0]",
         "--set", "val_interval=1", "--set", "batch_size=2", "--set", "samples_per_case=1", "--set", "cache_rate=0.0"]
 EPOCHS = 8  # enough epochs (a few seconds) that a run is still training when the test stops it
 

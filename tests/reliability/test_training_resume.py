@@ -17,7 +17,7 @@ from pipeline.io import atomic_path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "isles_unet"
-TINY = ["--set", "features=[4,4,8,8,8]", "--set", "patch_size=[32,32,2]", "--set", "pixdim=[4.0,4.0,0.0]",
+TINY = ["--plans", "none", "--set", "features=[4,4,8,8,8]", "--set", "patch_size=[32,32,2]", "--set", "pixdim=[4.0,4.0,0.0]",
         "--set", "val_interval=1", "--set", "batch_size=2", "--set", "samples_per_case=1", "--set", "cache_rate=0.0"]
 
 
