@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections import Counter
@@ -11,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from pipeline.baseline import threshold_rule_case
 from pipeline.data.synthetic import (
@@ -26,6 +28,16 @@ from pipeline.data.synthetic import (
     plan_patients,
     write_synthetic_dataset,
 )
+from pipeline.data.synthetic.acquisition import (
+    GROWTH_FRACTION_RANGE,
+    SITES,
+    AcquisitionSettings,
+    grow_infarct,
+    jitter_border,
+    misregister_label,
+    penumbra_mask,
+)
+from pipeline.data.synthetic.imaging import site_cbf_contrast, smooth_within_mask
 from pipeline.metrics import dice_score
 
 FOLDER = re.compile(r"^SMIR\.Brain\.XX\.O\.(?P<mod>CT|CT_4DPWI|CT_CBF|CT_CBV|CT_MTT|CT_Tmax|OT)\.(?P<id>\d{6})$")
@@ -58,16 +70,16 @@ def all_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """3 training cases + 1 test case, seed 0."""
+    """3 training cases + 1 test case, seed 0, of the realistic phantom (the layout is the classic one's too)."""
     root = tmp_path_factory.mktemp("small")
-    return write_synthetic_dataset(root, cases=3, test_cases=1, seed=0)
+    return write_synthetic_dataset(root, cases=3, test_cases=1, seed=0, phantom="realistic")
 
 
 @pytest.fixture(scope="module")
 def dataset24(tmp_path_factory):
-    """24 training cases (and the default number of test cases), seed 0."""
+    """24 training cases (and the default number of test cases), seed 0, of the realistic phantom."""
     root = tmp_path_factory.mktemp("d24")
-    return write_synthetic_dataset(root, cases=24, seed=0)
+    return write_synthetic_dataset(root, cases=24, seed=0, phantom="realistic")
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -175,7 +187,7 @@ def test_default_number_of_test_cases_is_a_third(dataset24):
 
 
 def test_same_seed_writes_identical_bytes(small, tmp_path):
-    again = write_synthetic_dataset(tmp_path / "again", cases=3, test_cases=1, seed=0)
+    again = write_synthetic_dataset(tmp_path / "again", cases=3, test_cases=1, seed=0, phantom="realistic")
     assert all_bytes(again.root) == all_bytes(small.root)
 
 
@@ -326,4 +338,144 @@ def test_threshold_rule_is_a_weak_baseline_on_the_files(dataset24):
         truth = np.asanyarray(nib.load(files["OT"]).dataobj)
         dices.append(dice_score(prediction, truth))
         assert dices[-1] == pytest.approx(row["threshold_dice"], abs=1e-3)
-    assert 0.3 <= float(np.mean(dices)) <= 0.6
+    # The realistic phantom's label is a later DWI's: the rule is about as weak as on ISLES 2018.
+    assert 0.15 <= float(np.mean(dices)) <= 0.45
+
+
+# -- realistic phantom: label-vs-map discrepancies (pipeline.data.synthetic.acquisition) -----------
+
+# Digest of every file (relative path and SHA-256) that `synth --cases 2 --test-cases 1 --seed 3` wrote
+# before the realistic phantom existed: the classic phantom must keep writing exactly these bytes.
+CLASSIC_SEED3_DIGEST = "e66eea7de779738e57d0772ab2a61cb91030a0033b74668f6aab9b3628acb951"
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    return digest.hexdigest()
+
+
+def blob(shape=(64, 64, 3), centre=(30.0, 34.0), radius=8.0) -> np.ndarray:
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    disc = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+    return np.repeat(disc[..., None], shape[2], axis=2).astype(np.uint8)
+
+
+def centroid(mask: np.ndarray) -> np.ndarray:
+    return np.array(np.nonzero(mask)[:2], dtype=float).mean(axis=1)
+
+
+def test_classic_phantom_writes_the_earlier_bytes(tmp_path):
+    write_synthetic_dataset(tmp_path / "classic", cases=2, test_cases=1, seed=3, phantom="classic")
+    assert tree_digest(tmp_path / "classic") == CLASSIC_SEED3_DIGEST
+
+
+def test_unknown_phantom_or_mechanism_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="phantom"):
+        write_synthetic_dataset(tmp_path / "x", cases=1, test_cases=0, phantom="harder")
+    with pytest.raises(ValueError, match="mechanism"):
+        AcquisitionSettings.without(["reperfusion"])
+
+
+def test_realistic_table_records_the_drawn_parameters(small):
+    rows = list(csv.DictReader((small.root / "synth_cases.csv").open()))
+    for row in rows:
+        assert row["phantom"] == "realistic"
+        assert row["site"] in {s.name for s in SITES}
+        assert 0.0 <= float(row["growth_fraction"]) <= GROWTH_FRACTION_RANGE[1]
+        for column in ("shift_x_mm", "shift_y_mm", "rotation_deg", "border_mm", "noise_factor", "smoothing_mm"):
+            float(row[column])
+        site = next(s for s in SITES if s.name == row["site"])
+        assert float(row["cbf_scale"]) == site.cbf_scale and float(row["cbv_scale"]) == site.cbv_scale
+
+
+def test_misregistration_and_border_noise_change_the_label_only(tmp_path):
+    # Sites change the maps, and growth the CTP-time lesion; the other two mechanisms move the label only.
+    classic = write_synthetic_dataset(tmp_path / "classic", cases=2, test_cases=0, seed=3, phantom="classic")
+    labels_only = write_synthetic_dataset(tmp_path / "labels", cases=2, test_cases=0, seed=3, phantom="realistic",
+                                          acquisition=AcquisitionSettings.without(["sites", "growth"]))
+    for row in classic.cases:
+        a = case_files(classic.root / "TRAINING" / row["case_id"])
+        b = case_files(labels_only.root / "TRAINING" / row["case_id"])
+        for modality in ("CT", "CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax"):
+            assert np.array_equal(np.asanyarray(nib.load(a[modality]).dataobj), np.asanyarray(nib.load(b[modality]).dataobj))
+        assert not np.array_equal(np.asanyarray(nib.load(a["OT"]).dataobj), np.asanyarray(nib.load(b["OT"]).dataobj))
+
+
+def test_growth_only_adds_label_inside_the_penumbra():
+    label = blob(radius=6.0)
+    penumbra = blob(radius=14.0).astype(bool) & (np.arange(64)[:, None, None] < 36)  # a half ring beside it
+    grown = grow_infarct(label, penumbra, 0.5, (0.9, 0.9, 5.0), np.random.default_rng(0))
+    added = (grown == 1) & (label == 0)
+    assert np.all(grown[label == 1] == 1)
+    assert added.any() and np.all(penumbra[added])
+    assert added.sum() == round(0.5 * (penumbra & (label == 0)).sum())
+    assert np.array_equal(grow_infarct(label, penumbra, 0.0, (0.9, 0.9, 5.0), np.random.default_rng(0)), label)
+
+
+def test_growth_takes_the_penumbra_nearest_the_infarct_first():
+    label = blob(radius=5.0)
+    penumbra = blob(radius=25.0).astype(bool)
+    grown = grow_infarct(label, penumbra, 0.2, (1.0, 1.0, 5.0), np.random.default_rng(1))
+    def distances(mask):
+        rows, cols = np.nonzero(mask[..., 0])
+        return np.hypot(rows - 30.0, cols - 34.0)
+
+    added = distances(grown.astype(bool) & ~label.astype(bool))
+    available = distances(penumbra & ~label.astype(bool))
+    assert np.median(added) < 0.8 * np.median(available)
+
+
+def test_penumbra_is_hypoperfused_tissue_the_ctp_does_not_call_core():
+    tmax = np.array([[[8.0, 8.0, 8.0, 2.0]]])
+    rcbf = np.array([[[0.2, 0.6, 0.6, 0.6]]])
+    label = np.array([[[0, 0, 1, 0]]])
+    assert penumbra_mask(tmax, rcbf, np.ones_like(label), label).tolist() == [[[False, True, False, False]]]
+
+
+@pytest.mark.parametrize("shift_mm", [(3.0, 0.0), (-1.8, 2.7)])
+def test_misregistration_shifts_the_label_centroid_by_the_drawn_amount(shift_mm):
+    label = blob()
+    moved = misregister_label(label, shift_mm, 0.0, 0.9)
+    assert np.allclose(centroid(moved) - centroid(label), np.array(shift_mm) / 0.9, atol=0.55)  # nearest neighbour
+    assert abs(int(moved.sum()) - int(label.sum())) <= 3 * label.shape[2]
+
+
+def test_misregistration_rotates_about_the_in_plane_centre():
+    label = blob(centre=(31.5, 51.5), radius=5.0)  # 20 voxels from the centre (31.5, 31.5) along axis 1
+    moved = misregister_label(label, (0.0, 0.0), 90.0, 1.0)
+    assert np.allclose(centroid(moved), [51.5, 31.5], atol=0.3) or np.allclose(centroid(moved), [11.5, 31.5], atol=0.3)
+    assert np.array_equal(misregister_label(label, (0.0, 0.0), 0.0, 1.0), label)
+
+
+def test_border_jitter_moves_only_the_border():
+    label = blob(radius=12.0)
+    jittered = jitter_border(label, 2.0, 1.0, np.random.default_rng(0))
+    changed = jittered != label
+    assert changed.any()
+    distance_in = ndimage.distance_transform_edt(label[..., 0])
+    distance_out = ndimage.distance_transform_edt(1 - label[..., 0])
+    near = np.maximum(distance_in, distance_out) <= 10.0  # 5 noise standard deviations
+    assert np.all(near[changed[..., 0]])
+    assert 0.6 < jittered.sum() / label.sum() < 1.4
+    assert np.array_equal(jitter_border(label, 0.0, 1.0, np.random.default_rng(0)), label)
+
+
+def test_site_smoothing_stays_inside_the_mask():
+    rng = np.random.default_rng(0)
+    values = (50.0 + 10.0 * rng.standard_normal((32, 32, 2))).astype(np.float32)
+    mask = np.zeros((32, 32, 2), bool)
+    mask[4:28, 4:28] = True
+    smoothed = smooth_within_mask(values * mask, mask, 2.0)
+    assert np.all(smoothed[~mask] == 0)
+    assert smoothed[mask].std() < 0.6 * values[mask].std()
+    assert abs(smoothed[mask].mean() - values[mask].mean()) < 1.0
+
+
+def test_site_cbf_contrast_keeps_the_reference_and_scales_the_deficit():
+    cbf = np.array([50.0, 15.0, 0.0], np.float32)
+    out = site_cbf_contrast(cbf, 50.0, 0.5)
+    assert out[0] == pytest.approx(50.0) and out[2] == 0.0
+    assert out[1] / 50.0 == pytest.approx(0.3**0.5, rel=1e-5)

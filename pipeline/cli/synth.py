@@ -14,16 +14,33 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("out", help="output folder")
     add_synthetic_arguments(p, 24, None, 0, "training cases (default 24)", "test cases (default cases // 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
+    from pipeline.data.synthetic.acquisition import DEFAULT_PHANTOM, MECHANISMS, PHANTOMS
+
+    p.add_argument(
+        "--phantom", choices=PHANTOMS, default=DEFAULT_PHANTOM,
+        help="realistic: the label is a later DWI's (infarct growth, misregistration, rater border noise, "
+             "per-site units/noise/smoothing); classic (default): the label is the CTP phantom's own tissue fate",
+    )
+    p.add_argument(
+        "--phantom-without", action="append", choices=MECHANISMS, default=None, metavar="MECHANISM",
+        help=f"switch one mechanism of the realistic phantom off (repeatable; one of {', '.join(MECHANISMS)})",
+    )
     p.set_defaults(func=command_synth)
 
 
 def command_synth(args: argparse.Namespace) -> int:
-    """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite]``; returns 0."""
+    """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite] [--phantom P] [--phantom-without M]``; returns 0.
+
+    ``args`` without ``phantom`` / ``phantom_without`` (as the demo builds it) gets the default phantom.
+    """
     from pipeline.data.synthetic import write_synthetic_dataset
+    from pipeline.data.synthetic.acquisition import DEFAULT_PHANTOM, AcquisitionSettings
 
     start = time.perf_counter()
+    phantom = getattr(args, "phantom", None) or DEFAULT_PHANTOM
     summary = write_synthetic_dataset(
-        args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed, overwrite=args.overwrite
+        args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed, overwrite=args.overwrite,
+        phantom=phantom, acquisition=AcquisitionSettings.without(getattr(args, "phantom_without", None)),
     )
     elapsed = time.perf_counter() - start
     cases = summary.cases
@@ -32,7 +49,7 @@ def command_synth(args: argparse.Namespace) -> int:
     dice = [c["threshold_dice"] for c in cases if c.get("threshold_dice") is not None]
     print(
         f"synth: wrote {len(training)} training and {len(testing)} test cases (ISLES 2018 layout) to {args.out} "
-        f"in {elapsed:.1f} s (seed {args.seed})"
+        f"in {elapsed:.1f} s (seed {args.seed}, {phantom} phantom)"
     )
     if dice:
         print(f"  clinical threshold rule (rCBF < 30% and Tmax > 6 s): mean Dice {sum(dice) / len(dice):.3f} over {len(dice)} cases")

@@ -11,6 +11,10 @@ The lesion is a propensity field L (a few irregular blobs in one territory). The
 tissue-fate field, L times smooth log-normal noise; the perfusion maps see the deficit S, the same
 blobs displaced a little times other, independent noise. The maps therefore only noisily measure
 the label, so that the clinical threshold rule is an imperfect predictor, as on the real data.
+The realistic phantom (``phantom="realistic"``; the default ``"classic"`` writes the earlier one) labels what a
+later DWI shows, not what the CTP maps show: the infarct grows into part of the penumbra, the label
+is misregistered to the slab, a rater's border noise moves its boundary, and each patient's site has
+its own map units, noise, deconvolution and smoothing (:mod:`.acquisition`).
 Files follow the ISLES 2018 release layout, names and dtypes.
 
 Modules:
@@ -23,6 +27,8 @@ Modules:
 - :mod:`.imaging`: the ISLES 2018 modalities and dtypes, site scales, the noisy images of a slab.
 - :mod:`.phantom`: :class:`Phantom` (anatomy, lesion and imaging of one patient),
   :func:`make_phantom`, and :class:`RenderedSlab`, one slab sampled from it.
+- :mod:`.acquisition`: the realistic phantom's label-vs-map mechanisms (:func:`grow_infarct`,
+  :func:`misregister_label`, :func:`jitter_border`, the :data:`SITES`) and their settings.
 - :mod:`.patients`: :func:`render_patient`, slab placement along z and rendering of a patient's slabs.
 - :mod:`.writer`: :func:`write_synthetic_dataset`, the ISLES 2018 files, :class:`SynthSummary`,
   and the dataset's on-disk names.
@@ -30,6 +36,16 @@ Modules:
 
 from __future__ import annotations
 
+from pipeline.data.synthetic.acquisition import (
+    DEFAULT_PHANTOM,
+    MECHANISMS,
+    PHANTOMS,
+    SITES,
+    AcquisitionSettings,
+    grow_infarct,
+    jitter_border,
+    misregister_label,
+)
 from pipeline.data.synthetic.anatomy import (
     AIR,
     BRAIN_TISSUES,
@@ -74,6 +90,14 @@ from pipeline.data.synthetic.writer import SynthSummary, write_synthetic_dataset
 
 __all__ = [
     "AIR",
+    "DEFAULT_PHANTOM",
+    "MECHANISMS",
+    "PHANTOMS",
+    "SITES",
+    "AcquisitionSettings",
+    "grow_infarct",
+    "jitter_border",
+    "misregister_label",
     "BRAIN_TISSUES",
     "CORE_OFFSET_RANGE",
     "CSF",

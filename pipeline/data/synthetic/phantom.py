@@ -89,6 +89,9 @@ class Phantom(AnatomyMixin, LesionMixin, ImagingMixin):
         self._draw_lesion(rng)
         site = int(rng.integers(len(SITE_SCALES)))
         self.cbf_scale, self.cbv_scale = SITE_SCALES[site]
+        # The realistic phantom's drawn acquisition (site, growth, misregistration, border noise), set
+        # by render_patient; None for the classic phantom.
+        self.acquisition = None
 
     def render(
         self,

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.baseline import threshold_rule
+from pipeline.data.synthetic.acquisition import DEFAULT_PHANTOM, PHANTOMS, AcquisitionSettings
 from pipeline.data.synthetic.geometry import plan_patients
 from pipeline.data.synthetic.imaging import MODALITIES, PWI_FRAME_INTERVAL_S
 from pipeline.data.synthetic.patients import render_patient
@@ -58,7 +59,9 @@ class SynthSummary:
         ground_truth_csv: ``TESTING_GROUND_TRUTH/cases.csv`` (``None`` without test cases).
         cases: the per-case table as a list of dicts (split, case_id, patient_id, slab, n_slices,
             thickness_mm, spacing_mm, lesion_ml, territory, hemisphere, cbf_scale, cbv_scale,
-            smir_<MOD> ids, threshold_dice).
+            smir_<MOD> ids, threshold_dice; for the realistic phantom also phantom, site,
+            noise_factor, smoothing_mm, growth_fraction, shift_x_mm, shift_y_mm, rotation_deg,
+            border_mm).
     """
 
     root: Path
@@ -79,6 +82,29 @@ _TABLE_COLUMNS = (
     "territory", "hemisphere", "cbf_scale", "cbv_scale",
     *(f"smir_{m}" for m in MODALITIES), "threshold_dice",
 )
+# The realistic phantom's drawn acquisition parameters, appended to the table (the classic table is unchanged).
+_ACQUISITION_COLUMNS = (
+    "phantom", "site", "noise_factor", "smoothing_mm", "growth_fraction", "shift_x_mm", "shift_y_mm", "rotation_deg",
+    "border_mm",
+)
+
+
+def _acquisition_row(phantom: Any, slab_index: int) -> dict[str, Any]:
+    """The realistic phantom's drawn parameters of one slab, as table columns."""
+    drawn = phantom.acquisition
+    site = drawn.site
+    dx, dy, angle = drawn.slabs[slab_index]
+    return {
+        "phantom": "realistic",
+        "site": site.name if site is not None else "",
+        "noise_factor": site.noise_factor if site is not None else 1.0,
+        "smoothing_mm": site.smoothing_mm if site is not None else 0.0,
+        "growth_fraction": drawn.growth_fraction,
+        "shift_x_mm": dx,
+        "shift_y_mm": dy,
+        "rotation_deg": angle,
+        "border_mm": drawn.border_mm,
+    }
 
 
 def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -106,6 +132,8 @@ def write_synthetic_dataset(
     test_cases: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    phantom: str = DEFAULT_PHANTOM,
+    acquisition: AcquisitionSettings | None = None,
 ) -> SynthSummary:
     """Write a synthetic dataset in the ISLES 2018 layout.
 
@@ -116,6 +144,12 @@ def write_synthetic_dataset(
     (case_id, ot_id, mtt_id, patient_id); ``OUT/synth_cases.csv``, the per-case table. SMIR ids are
     6-digit, unique over the dataset. The same seed writes byte-identical files.
 
+    The ``realistic`` phantom labels what a DWI after the CTP shows: the infarct grown
+    into part of the penumbra, misregistered to the slab and drawn with a rater's border noise,
+    with per-site map units, noise and smoothing (:mod:`.acquisition`); the drawn parameters are
+    columns of ``synth_cases.csv``. The ``classic`` phantom (the default) labels the CTP phantom's own tissue fate
+    and writes the files of the code before those mechanisms, byte for byte.
+
     Args:
         out: the dataset folder (created when missing).
         cases: number of training slabs (cases), >= 1.
@@ -123,14 +157,21 @@ def write_synthetic_dataset(
         seed: random seed.
         overwrite: when the folder already holds TRAINING/, TESTING/ or TESTING_GROUND_TRUTH/,
             remove those and synth_cases.csv first instead of refusing.
+        phantom: ``"realistic"`` or ``"classic"`` (:data:`~pipeline.data.synthetic.acquisition.PHANTOMS`).
+        acquisition: which mechanisms the realistic phantom applies (default: all); ignored by
+            the classic phantom.
 
     Returns:
         A :class:`SynthSummary` of the files and cases written.
 
     Raises:
-        ValueError: ``cases`` < 1 or ``test_cases`` < 0, or the folder already holds a dataset and
-            ``overwrite`` is false.
+        ValueError: ``cases`` < 1 or ``test_cases`` < 0, ``phantom`` is unknown, or the folder already
+            holds a dataset and ``overwrite`` is false.
     """
+    if phantom not in PHANTOMS:
+        raise ValueError(f"unknown phantom {phantom!r}; choose from {', '.join(PHANTOMS)}")
+    realistic = phantom == "realistic"
+    settings = (acquisition or AcquisitionSettings()) if realistic else None
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
     if test_cases is None:
@@ -169,8 +210,9 @@ def write_synthetic_dataset(
         case_number = 0
         for patient_number, plan in enumerate(plans[split], start=1):
             patient_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2 + split_index, patient_number)))
-            phantom, slabs = render_patient(plan, patient_rng)
-            for slab_letter, slab in zip("AB", slabs):
+            acquisition_seed = np.random.SeedSequence(seed, spawn_key=(2 + split_index, patient_number, 1))
+            patient, slabs = render_patient(plan, patient_rng, settings, acquisition_seed)
+            for slab_index, (slab_letter, slab) in enumerate(zip("AB", slabs)):
                 case_number += 1
                 case_id = isles2018_case_folder(case_number)
                 patient_id = f"{prefix}_{patient_number}"
@@ -204,12 +246,13 @@ def write_synthetic_dataset(
                         "thickness_mm": slab.geometry.thickness_mm,
                         "spacing_mm": slab.geometry.spacing_mm,
                         "lesion_ml": round(slab.lesion_ml, 3),
-                        "territory": phantom.territory,
-                        "hemisphere": phantom.hemisphere,
-                        "cbf_scale": phantom.cbf_scale,
-                        "cbv_scale": phantom.cbv_scale,
+                        "territory": patient.territory,
+                        "hemisphere": patient.hemisphere,
+                        "cbf_scale": patient.cbf_scale,
+                        "cbv_scale": patient.cbv_scale,
                         **{f"smir_{m}": ids[m] for m in MODALITIES},
                         "threshold_dice": round(dice_score(prediction, slab.label), 4),
+                        **(_acquisition_row(patient, slab_index) if realistic else {}),
                     }
                 )
                 if split == "testing":
@@ -221,6 +264,7 @@ def write_synthetic_dataset(
             root / GROUND_TRUTH_FOLDER / GROUND_TRUTH_CSV, _csv_text(truth_rows, GROUND_TRUTH_COLUMNS)
         )
         files.append(ground_truth_csv)
-    table_csv = atomic_write_text(root / CASE_TABLE_CSV, _csv_text(table, _TABLE_COLUMNS))
+    columns = _TABLE_COLUMNS + (_ACQUISITION_COLUMNS if realistic else ())
+    table_csv = atomic_write_text(root / CASE_TABLE_CSV, _csv_text(table, columns))
     files.append(table_csv)
     return SynthSummary(root=root, files=files, table_csv=table_csv, ground_truth_csv=ground_truth_csv, cases=table)
