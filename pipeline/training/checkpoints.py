@@ -289,6 +289,12 @@ def recorded_best_metric(checkpoint: str | Path) -> tuple[float, int] | None:
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable or missing file simply records no score
         return None
+    return best_metric_of(state)
+
+
+def best_metric_of(state: Any) -> tuple[float, int] | None:
+    """``(score, epoch)`` from the content of a loaded training checkpoint (see :func:`recorded_best_metric`),
+    or ``None`` when it records no score."""
     record = state.get("best_metric") if isinstance(state, dict) else None
     if isinstance(record, dict) and record.get("best_metric") is not None:
         return float(record["best_metric"]), int(record.get("best_metric_epoch", -1))

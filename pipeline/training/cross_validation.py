@@ -56,17 +56,18 @@ def _best_of(run: Path) -> tuple[float | None, int | None, int | None]:
     """(best validation mean Dice, its epoch, epochs trained) of a fold run, from its final checkpoint."""
     import torch
 
-    from pipeline.training.checkpoints import recorded_best_metric
+    from pipeline.training.checkpoints import best_metric_of
 
     final = run / "models" / FINAL_MODEL
     try:
-        trainer = torch.load(str(final), map_location="cpu", weights_only=True).get("trainer")
+        state = torch.load(str(final), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a missing or unreadable checkpoint leaves the fold without figures
         return None, None, None
+    trainer = state.get("trainer") if isinstance(state, dict) else None
     epochs = None
     if isinstance(trainer, dict) and trainer.get("epoch_length"):
         epochs = int(trainer["iteration"]) // int(trainer["epoch_length"])
-    best = recorded_best_metric(final)
+    best = best_metric_of(state)
     return (best[0], best[1], epochs) if best is not None else (None, None, epochs)
 
 
