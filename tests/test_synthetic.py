@@ -30,12 +30,14 @@ from pipeline.data.synthetic import (
 )
 from pipeline.data.synthetic.acquisition import (
     GROWTH_FRACTION_RANGE,
+    REPERFUSED_KEEP_RANGE,
     SITES,
     AcquisitionSettings,
     grow_infarct,
     jitter_border,
     misregister_label,
     penumbra_mask,
+    shrink_infarct,
 )
 from pipeline.data.synthetic.imaging import site_cbf_contrast, smooth_within_mask
 from pipeline.metrics import dice_score
@@ -385,6 +387,8 @@ def test_realistic_table_records_the_drawn_parameters(small):
         assert row["phantom"] == "realistic"
         assert row["site"] in {s.name for s in SITES}
         assert 0.0 <= float(row["growth_fraction"]) <= GROWTH_FRACTION_RANGE[1]
+        assert REPERFUSED_KEEP_RANGE[0] <= float(row["keep_fraction"]) <= 1.0
+        assert float(row["growth_fraction"]) == 0.0 or float(row["keep_fraction"]) == 1.0  # grows or shrinks
         for column in ("shift_x_mm", "shift_y_mm", "rotation_deg", "border_mm", "noise_factor", "smoothing_mm"):
             float(row[column])
         site = next(s for s in SITES if s.name == row["site"])
@@ -392,10 +396,10 @@ def test_realistic_table_records_the_drawn_parameters(small):
 
 
 def test_misregistration_and_border_noise_change_the_label_only(tmp_path):
-    # Sites change the maps, and growth the CTP-time lesion; the other two mechanisms move the label only.
+    # Sites and the mismatch change the maps, and growth the CTP-time lesion; the other two move the label only.
     classic = write_synthetic_dataset(tmp_path / "classic", cases=2, test_cases=0, seed=3, phantom="classic")
     labels_only = write_synthetic_dataset(tmp_path / "labels", cases=2, test_cases=0, seed=3, phantom="realistic",
-                                          acquisition=AcquisitionSettings.without(["sites", "growth"]))
+                                          acquisition=AcquisitionSettings.without(["sites", "growth", "mismatch"]))
     for row in classic.cases:
         a = case_files(classic.root / "TRAINING" / row["case_id"])
         b = case_files(labels_only.root / "TRAINING" / row["case_id"])
@@ -426,6 +430,38 @@ def test_growth_takes_the_penumbra_nearest_the_infarct_first():
     added = distances(grown.astype(bool) & ~label.astype(bool))
     available = distances(penumbra & ~label.astype(bool))
     assert np.median(added) < 0.8 * np.median(available)
+
+
+def test_shrink_keeps_the_deepest_part_of_the_label_only():
+    label = blob(radius=10.0)
+    shrunk = shrink_infarct(label, 0.5, (1.0, 1.0, 5.0), np.random.default_rng(0))
+    assert np.all(label[shrunk == 1] == 1)
+    assert shrunk.sum() == round(0.5 * label.sum())
+    depth = ndimage.distance_transform_edt(label[..., 0])
+    assert depth[shrunk[..., 0] == 1].mean() > 1.5 * depth[(label[..., 0] == 1) & (shrunk[..., 0] == 0)].mean()
+    assert np.array_equal(shrink_infarct(label, 1.0, (1.0, 1.0, 5.0), np.random.default_rng(0)), label)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        shrink_infarct(label, 1.5, (1.0, 1.0, 5.0), np.random.default_rng(0))
+
+
+def test_mismatch_widens_the_hypoperfused_region_beyond_the_label(tmp_path):
+    # With the mismatch, Tmax > 6 s covers several times the lesion (large-vessel occlusion); without, far less.
+    def tmax_over_label(root):
+        ratios = []
+        for case in sorted((root / "TRAINING").iterdir()):
+            files = case_files(case)
+            tmax = np.asanyarray(nib.load(files["CT_Tmax"]).dataobj)
+            brain = np.asanyarray(nib.load(files["CT_CBF"]).dataobj) > 0
+            ratios.append(((tmax > 6) & brain).sum() / max(1, int((np.asanyarray(nib.load(files["OT"]).dataobj) > 0).sum())))
+        return float(np.median(ratios))
+
+    mechanisms = ["growth", "misregistration", "border", "sites"]
+    wide = write_synthetic_dataset(tmp_path / "wide", cases=4, test_cases=0, seed=1, phantom="realistic",
+                                   acquisition=AcquisitionSettings.without(mechanisms))
+    narrow = write_synthetic_dataset(tmp_path / "narrow", cases=4, test_cases=0, seed=1, phantom="realistic",
+                                     acquisition=AcquisitionSettings.without(mechanisms + ["mismatch"]))
+    assert tmax_over_label(wide.root) > 1.25 * tmax_over_label(narrow.root)
+    assert tmax_over_label(wide.root) > 2.5
 
 
 def test_penumbra_is_hypoperfused_tissue_the_ctp_does_not_call_core():

@@ -18,8 +18,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
 
     p.add_argument(
         "--phantom", choices=PHANTOMS, default=DEFAULT_PHANTOM,
-        help="realistic: the label is a later DWI's (infarct growth, misregistration, rater border noise, "
-             "per-site units/noise/smoothing); classic (default): the label is the CTP phantom's own tissue fate",
+        help="realistic (default): the label is a later DWI's (infarct growth or shrinkage, misregistration, "
+             "rater border noise, a wide hypoperfusion, per-site units/noise/smoothing); classic: the label "
+             "is the CTP phantom's own tissue fate",
     )
     p.add_argument(
         "--phantom-without", action="append", choices=MECHANISMS, default=None, metavar="MECHANISM",

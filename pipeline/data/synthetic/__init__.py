@@ -11,10 +11,11 @@ The lesion is a propensity field L (a few irregular blobs in one territory). The
 tissue-fate field, L times smooth log-normal noise; the perfusion maps see the deficit S, the same
 blobs displaced a little times other, independent noise. The maps therefore only noisily measure
 the label, so that the clinical threshold rule is an imperfect predictor, as on the real data.
-The realistic phantom (``phantom="realistic"``; the default ``"classic"`` writes the earlier one) labels what a
-later DWI shows, not what the CTP maps show: the infarct grows into part of the penumbra, the label
-is misregistered to the slab, a rater's border noise moves its boundary, and each patient's site has
-its own map units, noise, deconvolution and smoothing (:mod:`.acquisition`).
+The realistic phantom (``phantom="realistic"``, the default; ``"classic"`` writes the earlier one) labels
+what a later DWI shows, not what the CTP maps show: the infarct grows into part of the penumbra (or,
+reperfused, shrinks), the label is misregistered to the slab, a rater's border noise moves its
+boundary, the hypoperfused region is several times the core, and each patient's site has its own
+map units, noise, deconvolution and smoothing (:mod:`.acquisition`).
 Files follow the ISLES 2018 release layout, names and dtypes.
 
 Modules:

@@ -6,10 +6,15 @@ fully recover. This module holds those mechanisms, each a small function of a la
 its own random generator, so that the phantom (:mod:`.phantom`) stays the physics of one scan:
 
 - :func:`grow_infarct`: the infarct grows into part of the penumbra before the DWI (a per-patient
-  growth fraction, none for some patients: reperfusion and time are not in the maps).
+  growth fraction: time to the DWI and collaterals are not in the maps).
+- :func:`shrink_infarct`: reperfused patients' DWI lesions are smaller than the CTP-time core (the
+  "ghost core" the CTP over-calls after early reperfusion): the label keeps its deepest part.
 - :func:`misregister_label`: the DWI is registered to the CTP slab with a small rigid in-plane error
   (shift in mm, rotation in degrees about the slab's in-plane centre), applied to the label only.
 - :func:`jitter_border`: raters disagree at the border: the label boundary moves by smooth noise.
+- the mismatch: the hypoperfused region (Tmax > 6 s) is several times the core, as in acute
+  large-vessel occlusion, and the core's Tmax overlaps the penumbra's
+  (:data:`HYPOPERFUSION_WIDENING_FACTOR`, :data:`TMAX_CORE_EXTRA_FACTOR`; :mod:`.patients` applies them).
 - :class:`SiteProfile` and :data:`SITES`: sites differ in CBF/CBV units, map noise and smoothing
   (post-processing); :mod:`.imaging` applies a profile when it writes the maps.
 
@@ -34,6 +39,7 @@ __all__ = [
     "DEFAULT_PHANTOM",
     "GROWTH_FRACTION_RANGE",
     "GROWTH_FRONT_NOISE_MM",
+    "HYPOPERFUSION_WIDENING_FACTOR",
     "MECHANISMS",
     "MISREGISTRATION_ROTATION_SD_DEG",
     "MISREGISTRATION_SHIFT_SD_MM",
@@ -41,7 +47,9 @@ __all__ = [
     "PENUMBRA_MIN_RCBF",
     "PENUMBRA_TMAX_S",
     "PHANTOMS",
+    "REPERFUSED_KEEP_RANGE",
     "SITES",
+    "TMAX_CORE_EXTRA_FACTOR",
     "AcquisitionSettings",
     "PatientAcquisition",
     "SiteProfile",
@@ -52,20 +60,29 @@ __all__ = [
     "jitter_border",
     "misregister_label",
     "penumbra_mask",
+    "shrink_infarct",
 ]
 
 # The phantoms ``synth --phantom`` offers: "realistic" (the label-vs-map mechanisms of this module on),
 # "classic" (the label is the tissue fate of the CTP phantom itself, as before those mechanisms).
 PHANTOMS = ("realistic", "classic")
-# classic until the demo and its default recipe are measured on the realistic one
-DEFAULT_PHANTOM = "classic"
+DEFAULT_PHANTOM = "realistic"
 # The mechanisms that AcquisitionSettings switches, by name (``synth --phantom-without NAME``).
-MECHANISMS = ("growth", "misregistration", "border", "sites")
+MECHANISMS = ("growth", "misregistration", "border", "sites", "mismatch")
 
 # Infarct growth: the fraction of the penumbra (hypoperfused tissue outside the core) that becomes
-# infarct before the DWI, uniform in this range; none for this share of the patients (reperfused).
-GROWTH_FRACTION_RANGE = (0.2, 1.0)
-NO_GROWTH_PROBABILITY = 0.2
+# infarct before the DWI, uniform in this range (small: in ISLES 2018 the DWI followed the CTP by a
+# median 36 min); none for this share of the patients (reperfused: their label shrinks instead).
+GROWTH_FRACTION_RANGE = (0.05, 0.3)
+NO_GROWTH_PROBABILITY = 0.3
+# Reperfused patients: the share of the CTP-time label the DWI still shows, uniform in this range.
+REPERFUSED_KEEP_RANGE = (0.4, 0.9)
+# The hypoperfused region is wider than the classic phantom's (its per-patient widening times this):
+# in acute large-vessel stroke the Tmax > 6 s volume is typically several times the core.
+HYPOPERFUSION_WIDENING_FACTOR = 2.0
+# ...and the core's Tmax rises less above the penumbra's (times the classic phantom's extra delay):
+# on real maps Tmax in the core and in the penumbra overlap widely, so no Tmax threshold finds the core.
+TMAX_CORE_EXTRA_FACTOR = 0.5
 # Tissue with Tmax above this (s, noise-free map) is hypoperfused: where the infarct can grow.
 # Irregularity (mm) of the growth front: the penumbra is not taken in strict order of distance.
 GROWTH_FRONT_NOISE_MM = 8.0
@@ -124,12 +141,16 @@ class AcquisitionSettings:
         border: rater border noise (:func:`jitter_border`).
         sites: per-site units, noise and smoothing of the maps (:data:`SITES`); off, every patient
             gets the classic phantom's units and noise, unsmoothed.
+        mismatch: the wider hypoperfusion and overlapping core Tmax of the maps
+            (:data:`HYPOPERFUSION_WIDENING_FACTOR`, :data:`TMAX_CORE_EXTRA_FACTOR`); off, the
+            classic phantom's perfusion deficit.
     """
 
     growth: bool = True
     misregistration: bool = True
     border: bool = True
     sites: bool = True
+    mismatch: bool = True
 
     @classmethod
     def without(cls, names: list[str] | tuple[str, ...] | None) -> "AcquisitionSettings":
@@ -158,6 +179,7 @@ class PatientAcquisition:
     Attributes:
         site: the site profile, or ``None`` when sites are off.
         growth_fraction: fraction of the penumbra that becomes infarct before the DWI (0: none).
+        keep_fraction: share of the CTP-time label a reperfused patient's DWI still shows (1: all).
         border_mm: amplitude of the rater's border displacement (0: none).
         slabs: per slab, ``(shift_x_mm, shift_y_mm, rotation_deg)`` of the label's misregistration.
     """
@@ -165,11 +187,12 @@ class PatientAcquisition:
     site: SiteProfile | None
     growth_fraction: float
     border_mm: float
+    keep_fraction: float = 1.0
     slabs: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def draw_acquisition(settings: AcquisitionSettings, rngs: dict[str, np.random.Generator]) -> PatientAcquisition:
-    """Draw one patient's site, growth fraction and border-noise amplitude.
+    """Draw one patient's site, growth (or, reperfused, shrink) fraction and border-noise amplitude.
 
     Args:
         settings: the mechanisms switched on; a mechanism switched off draws nothing.
@@ -180,11 +203,14 @@ def draw_acquisition(settings: AcquisitionSettings, rngs: dict[str, np.random.Ge
         The patient's parameters, with no slab registration errors yet.
     """
     site = SITES[int(rngs["sites"].integers(len(SITES)))] if settings.sites else None
-    growth = 0.0
-    if settings.growth and rngs["growth"].random() >= NO_GROWTH_PROBABILITY:
-        growth = float(rngs["growth"].uniform(*GROWTH_FRACTION_RANGE))
+    growth, keep = 0.0, 1.0
+    if settings.growth:
+        if rngs["growth"].random() >= NO_GROWTH_PROBABILITY:
+            growth = float(rngs["growth"].uniform(*GROWTH_FRACTION_RANGE))
+        else:
+            keep = float(rngs["growth"].uniform(*REPERFUSED_KEEP_RANGE))
     border = float(rngs["border"].uniform(*BORDER_JITTER_MM_RANGE)) if settings.border else 0.0
-    return PatientAcquisition(site=site, growth_fraction=round(growth, 4), border_mm=round(border, 4))
+    return PatientAcquisition(site=site, growth_fraction=round(growth, 4), border_mm=round(border, 4), keep_fraction=round(keep, 4))
 
 
 def draw_slab_misregistration(settings: AcquisitionSettings, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -261,6 +287,41 @@ def grow_infarct(
     grown = label.copy().ravel()
     grown[chosen] = True
     return grown.reshape(label.shape).astype(np.uint8)
+
+
+def shrink_infarct(label: np.ndarray, keep_fraction: float, spacing_mm: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """Keep the deepest ``keep_fraction`` of the label (with a smooth random front), as reperfusion spares its rim.
+
+    Label voxels are ranked by their distance (mm) to the label's boundary minus smooth noise; the
+    deepest ones are kept. Shrinking only removes voxels.
+
+    Args:
+        label: the CTP-time infarct (non-zero), 3D.
+        keep_fraction: share of its voxels the DWI still shows, 0..1 (at least one voxel is kept).
+        spacing_mm: voxel size along the three axes.
+        rng: draws the irregularity of the front.
+
+    Returns:
+        uint8 0/1 shrunk label.
+
+    Raises:
+        ValueError: ``keep_fraction`` is outside 0..1.
+    """
+    label = np.asarray(label) != 0
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"shrink_infarct: keep_fraction must be within 0..1, got {keep_fraction}")
+    total = int(label.sum())
+    n = max(1, int(round(keep_fraction * total)))
+    if total == 0 or n >= total:
+        return label.astype(np.uint8)
+    depth = ndimage.distance_transform_edt(label, sampling=spacing_mm)
+    sigma = tuple(4.0 / s for s in spacing_mm[:2]) + (0.0,)
+    front = depth + 0.5 * GROWTH_FRONT_NOISE_MM * smooth_noise(rng, label.shape, sigma)
+    candidates = np.flatnonzero(label)
+    kept = candidates[np.argsort(-front.ravel()[candidates], kind="stable")[:n]]
+    shrunk = np.zeros(label.size, bool)
+    shrunk[kept] = True
+    return shrunk.reshape(label.shape).astype(np.uint8)
 
 
 def misregister_label(label: np.ndarray, shift_mm: tuple[float, float], rotation_deg: float, spacing_mm: float) -> np.ndarray:
@@ -351,7 +412,7 @@ def apply_label_mechanisms(
     max_voxels: int | None = None,
     volume_voxels: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """The DWI label of one slab from its CTP-time label: growth, then misregistration, then border noise.
+    """The DWI label of one slab from its CTP-time label: growth (or shrink), then misregistration, then border noise.
 
     Args:
         label: the slab's label at CTP time (the phantom's tissue fate).
@@ -380,6 +441,9 @@ def apply_label_mechanisms(
             room = max(0, max_voxels - int(result.sum()))
             fraction = min(fraction, room / float(penumbra.sum()))
         result = grow_infarct(result, penumbra, fraction, spacing_mm, rngs["growth"])
+        steps.append(result)
+    elif patient.keep_fraction < 1.0:
+        result = shrink_infarct(result, patient.keep_fraction, spacing_mm, rngs["growth"])
         steps.append(result)
     dx, dy, angle = patient.slabs[slab_index]
     if dx or dy or angle:

@@ -13,7 +13,9 @@ import math
 import numpy as np
 
 from pipeline.data.synthetic.acquisition import (
+    HYPOPERFUSION_WIDENING_FACTOR,
     MECHANISMS,
+    TMAX_CORE_EXTRA_FACTOR,
     AcquisitionSettings,
     PatientAcquisition,
     apply_label_mechanisms,
@@ -60,7 +62,8 @@ def render_patient(
 
     With ``acquisition`` (the realistic phantom), the patient's site (units, noise, smoothing of
     the maps) replaces the classic site before rendering, the CTP-time lesion target is the drawn
-    target divided by ``1 + growth_fraction``, and each slab's label (and ``OT`` image)
+    target divided by ``(1 + growth_fraction) * keep_fraction``, the hypoperfused region is
+    widened and the core's Tmax lowered (the ``mismatch`` mechanism), and each slab's label (and ``OT`` image)
     is replaced by its DWI label (:func:`~pipeline.data.synthetic.acquisition.apply_label_mechanisms`);
     the drawn parameters are in ``phantom.acquisition``. These draws come from generators below
     ``acquisition_seed``, one per mechanism, never from ``rng``: the CTP phantom is the classic one.
@@ -91,8 +94,13 @@ def render_patient(
             phantom.map_smoothing_mm = patient.site.smoothing_mm
             phantom.cbf_contrast = patient.site.cbf_contrast
             phantom.tmax_scale = patient.site.tmax_scale
-        # The infarct grows after the CTP: its CTP-time volume is the drawn (DWI) target shrunk by the growth.
-        phantom.target_ml = max(LESION_ML_RANGE[0], phantom.target_ml / (1.0 + patient.growth_fraction))
+        if acquisition.mismatch:
+            phantom.penumbra_widening = phantom.penumbra_widening * HYPOPERFUSION_WIDENING_FACTOR
+            phantom.tmax_core_extra = phantom.tmax_core_extra * TMAX_CORE_EXTRA_FACTOR
+        # The infarct grows (or, reperfused, shrinks) after the CTP: its CTP-time volume is the drawn
+        # (DWI) target divided by that change.
+        change = (1.0 + patient.growth_fraction) * patient.keep_fraction
+        phantom.target_ml = min(LESION_ML_RANGE[1], max(LESION_ML_RANGE[0], phantom.target_ml / change))
     phantom.acquisition = patient
     slab_a = _place_slab_a(phantom, plan, rng)
     phantom.size_lesion(slab_a.extent_mm)

@@ -84,7 +84,7 @@ _TABLE_COLUMNS = (
 )
 # The realistic phantom's drawn acquisition parameters, appended to the table (the classic table is unchanged).
 _ACQUISITION_COLUMNS = (
-    "phantom", "site", "noise_factor", "smoothing_mm", "growth_fraction", "shift_x_mm", "shift_y_mm", "rotation_deg",
+    "phantom", "site", "noise_factor", "smoothing_mm", "growth_fraction", "keep_fraction", "shift_x_mm", "shift_y_mm", "rotation_deg",
     "border_mm",
 )
 
@@ -100,6 +100,7 @@ def _acquisition_row(phantom: Any, slab_index: int) -> dict[str, Any]:
         "noise_factor": site.noise_factor if site is not None else 1.0,
         "smoothing_mm": site.smoothing_mm if site is not None else 0.0,
         "growth_fraction": drawn.growth_fraction,
+        "keep_fraction": drawn.keep_fraction,
         "shift_x_mm": dx,
         "shift_y_mm": dy,
         "rotation_deg": angle,
@@ -144,11 +145,12 @@ def write_synthetic_dataset(
     (case_id, ot_id, mtt_id, patient_id); ``OUT/synth_cases.csv``, the per-case table. SMIR ids are
     6-digit, unique over the dataset. The same seed writes byte-identical files.
 
-    The ``realistic`` phantom labels what a DWI after the CTP shows: the infarct grown
-    into part of the penumbra, misregistered to the slab and drawn with a rater's border noise,
-    with per-site map units, noise and smoothing (:mod:`.acquisition`); the drawn parameters are
-    columns of ``synth_cases.csv``. The ``classic`` phantom (the default) labels the CTP phantom's own tissue fate
-    and writes the files of the code before those mechanisms, byte for byte.
+    The ``realistic`` phantom (the default) labels what a DWI after the CTP shows: the infarct grown
+    into part of the penumbra (or, reperfused, shrunk), misregistered to the slab and drawn with a
+    rater's border noise, with a hypoperfused region several times the core and per-site map units,
+    noise and smoothing (:mod:`.acquisition`); the drawn parameters are columns of
+    ``synth_cases.csv``. The ``classic`` phantom labels the CTP phantom's own tissue fate and writes
+    the files of the code before those mechanisms, byte for byte.
 
     Args:
         out: the dataset folder (created when missing).
