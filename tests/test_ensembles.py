@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,8 @@ from pipeline.cli.arguments import fold_argument
 from pipeline.errors import CaseError
 from pipeline.inferers import EnsembleInferer, FlipTTAInferer, MeanEnsemble, segmentation_inferer
 from pipeline.networks import UNetPlusPlus
+from pipeline.postprocessing import LesionPostprocessing, lesion_mask
+from pipeline.postprocessing.lesion_mask import voxel_volume_ml
 from pipeline.planning.bundle_settings import training_plans_path
 from pipeline.predict.command import checkpoint_specs, network_settings
 from pipeline.predict.models import resolve_checkpoints
@@ -194,7 +197,7 @@ def cross_validation(synthetic_datalist, tmp_path_factory):
 def test_train_fold_cv_trains_every_fold_and_summarises_their_validation_dice(cross_validation):
     _, run = cross_validation
     assert sorted(p.name for p in run.iterdir()) == ["cross_validation.csv", "cross_validation.json", "fold_0",
-                                                     "fold_1"]
+                                                     "fold_1", "postprocessing.json"]
     summary = json.loads((run / "cross_validation.json").read_text())
     assert [row["fold"] for row in summary["folds"]] == [0, 1] and summary["validated_folds"] == 2
     dice = [row["best_val_mean_dice"] for row in summary["folds"]]
@@ -223,9 +226,19 @@ def test_predict_model_ensembles_the_folds_as_the_mean_of_their_probabilities(cr
     capfd.readouterr()
     assert main(common + ["--output", str(tmp_path / "ensemble"), "--model", str(run),
                           "--set", f"features={json.dumps(FEATURES).replace(' ', '')}"]) == 0
-    assert "an ensemble of 2 checkpoints" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "an ensemble of 2 checkpoints" in out and f"post-processing from {run / 'postprocessing.json'}" in out
     ensemble = _probabilities(tmp_path / "ensemble")
     assert np.abs(alone[0] - alone[1]).max() > 1e-2  # two different models
     assert np.abs(ensemble - (alone[0] + alone[1]) / 2).max() < 2e-3  # float16 maps
+    # the post-processing train fitted on both folds' validation cases is the ensemble's
+    fitted = json.loads((run / "postprocessing.json").read_text())
+    assert fitted["validation"]["folds"] == [0, 1] and fitted["validation"]["cases"] == 4
+    assert sorted(p.name for p in (run / "fold_0" / "validation").glob("*_probabilities.npz"))  # kept for inspection
+    setting = LesionPostprocessing(fitted["threshold"], fitted["min_component_ml"])
+    (written,) = (tmp_path / "ensemble").glob("*.nii.gz")
+    image = nib.load(written)
+    expected = lesion_mask(ensemble, voxel_volume_ml(image.affine), setting)
+    assert np.mean(np.asarray(image.dataobj) == expected) > 0.999  # float16 probabilities at the threshold
     manifest = (tmp_path / "ensemble" / "manifest.csv").read_text()
     assert str(run / "fold_0" / "models" / "model.pt") + ";" + str(run / "fold_1" / "models" / "model.pt") in manifest

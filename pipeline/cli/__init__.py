@@ -1,7 +1,8 @@
 """The command line: ``python -m pipeline <command>``.
 
 Commands: ``synth`` (the embedded synthetic ISLES 2018 dataset), ``prepare`` (layout -> datalist,
-folds and fingerprint), ``train`` (a bundle's train config), ``predict`` (a bundle's inference config,
+folds and fingerprint), ``train`` (a bundle's train config), ``postprocess`` (the post-processing fitted on the validation folds),
+``predict`` (a bundle's inference config,
 outputs on the native grid), ``evaluate`` (ISLES metrics, threshold baseline, clinical volumes),
 ``report`` (overlays, tables, training curves), ``demo`` (the main job end to end on the embedded
 default data), ``benchmark`` (speed and memory against MONAI's defaults: benchmarks/results.md).
@@ -16,12 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import benchmark, demo, evaluate, export, predict, prepare, report, synth, train
+from pipeline.cli import benchmark, demo, evaluate, export, postprocess, predict, prepare, report, synth, train
 from pipeline.cli.arguments import debug_parent
 from pipeline.errors import EXIT_INTERRUPTED, cli_message
 
 # In the order of ``--help``.
-COMMANDS = (synth, prepare, train, predict, evaluate, export, report, benchmark, demo)
+COMMANDS = (synth, prepare, train, postprocess, predict, evaluate, export, report, benchmark, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the probabilities over mirrored inputs (the axes the network "
                         "pools: in-plane for the bundles)")
+    p.add_argument("--postprocessing", default=None, metavar="none|FILE",
+                   help="the post-processing (threshold, smallest lesion component): default the postprocessing.json "
+                        "that train/postprocess fitted beside the model; 'none': threshold 0.5, nothing removed")
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
     p.add_argument("--strict", action="store_true",
                    help="fail a case with an empty or constant channel instead of warning about it")

@@ -1,5 +1,6 @@
-"""What an exported bundle bakes into its configs: the dataset profile, the trained network's settings and the
-channels it was trained with, so that the exported bundle runs with its own configs alone.
+"""What an exported bundle bakes into its configs: the dataset profile, the trained network's settings, the
+channels it was trained with and its fitted post-processing, so that the exported bundle runs with its own configs
+alone.
 
 ``predict`` gives a bundle run the same things on its command line (the profile merged after the configs, the
 ``trained_plans.json`` beside the checkpoint as overrides, the datalist's channels); :func:`export_settings`
@@ -40,7 +41,8 @@ class ExportSettings:
         channels_source: where ``channels`` came from (for the messages and the docs).
         plans: the plans file the network settings came from, ``None`` when there is none.
         settings: ``(config id, value)`` pairs, later ones winning: the profile's keys, the channels, the trained
-            plans, the ``--set`` overrides.
+            plans, the post-processing, the ``--set`` overrides.
+        postprocessing: the ``postprocessing.json`` of the checkpoint's run, ``None`` when there is none.
     """
 
     profile: Path
@@ -48,6 +50,7 @@ class ExportSettings:
     channels_source: str
     plans: Path | None
     settings: list[tuple[str, Any]]
+    postprocessing: Path | None = None
 
 
 def config_value(value: Any) -> Any:
@@ -100,6 +103,9 @@ def export_settings(
         profile: the dataset profile (default: the one the datalist or plans name, else ISLES 2018).
         overrides: ``KEY=VALUE`` config overrides (``--set``), applied last.
 
+    The post-processing is that of the checkpoint's run folder (``RUN/postprocessing.json`` for
+    ``RUN/models/model.pt``), as ``predict`` finds it.
+
     Returns:
         The settings (:class:`ExportSettings`).
 
@@ -129,8 +135,14 @@ def export_settings(
     if plans_path is not None:
         settings += plan_overrides(plans_path, PLANNED_KEYS)
         settings += [(k, config_value(v)) for k, v in trained_network_overrides(plans_path)]
+    from pipeline.postprocessing.store import postprocessing_for, read_postprocessing
+
+    fitted = postprocessing_for([checkpoint.parent.parent])
+    if fitted is not None:
+        setting = read_postprocessing(fitted)
+        settings += [("lesion_threshold", setting.threshold), ("min_lesion_ml", setting.min_component_ml)]
     settings += [(k, config_value(v)) for k, v in parse_overrides(overrides)]
-    return ExportSettings(profile_file, chosen, source, plans_path, settings)
+    return ExportSettings(profile_file, chosen, source, plans_path, settings, fitted)
 
 
 def _references(config: Any, name: str) -> bool:

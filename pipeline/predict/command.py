@@ -36,6 +36,37 @@ def checkpoint_specs(args) -> list[str]:
     return specs
 
 
+def postprocessing_settings(args, checkpoints: list[Path]) -> tuple[list[tuple[str, object]], str]:
+    """The post-processing settings of a predict run and a line saying where they came from.
+
+    ``--postprocessing none`` keeps the bundle's (threshold 0.5, nothing removed); a path reads that file; by default
+    the ``postprocessing.json`` of the model is used: in the ``--model`` folder, in a ``--checkpoint`` folder, or in
+    the run folder of a single checkpoint file (``RUN/models/last.pt`` -> ``RUN``).
+
+    Raises:
+        FileNotFoundError, ValueError: a named file that is missing or invalid.
+    """
+    from pipeline.postprocessing.store import postprocessing_for, read_postprocessing
+
+    choice = getattr(args, "postprocessing", None)
+    if choice == "none":
+        return [], "predict: no post-processing (--postprocessing none): threshold 0.5, no component removed"
+    if choice:
+        path: Path | None = Path(choice).resolve()
+    else:
+        specs = [Path(s).resolve() for s in checkpoint_specs(args)]
+        folders = [s for s in specs if s.is_dir()]
+        if not folders and len(checkpoints) == 1:
+            folders = [checkpoints[0].parent.parent]
+        path = postprocessing_for(folders) if len(folders) == 1 else None
+    if path is None:
+        return [], "predict: no postprocessing.json beside the model: threshold 0.5, no component removed"
+    setting = read_postprocessing(path)
+    return ([("lesion_threshold", setting.threshold), ("min_lesion_ml", setting.min_component_ml)],
+            f"predict: post-processing from {path}: threshold {setting.threshold:g}, lesion components below "
+            f"{setting.min_component_ml:g} mL removed")
+
+
 def network_settings(checkpoints: list[Path], plans: str | Path | None) -> list[tuple[str, object]]:
     """The network's config settings for ``checkpoints``: from ``--plans`` when given, else from the
     ``trained_plans.json`` beside the checkpoints (none when there is none).
@@ -130,6 +161,8 @@ def run_predict(args) -> int:
         if getattr(args, "tta", False):
             settings.append(("tta", True))
         settings += network_settings(checkpoints, args.plans)
+        post, post_line = postprocessing_settings(args, checkpoints)
+        settings += post
         profile = profile_path(datalist)
         network = configured_network(bundle, profile, settings + overrides)
         for checkpoint in checkpoints:
@@ -149,6 +182,7 @@ def run_predict(args) -> int:
             if len(checkpoints) > 1:
                 print(f"predict: an ensemble of {len(checkpoints)} checkpoints (the mean of their probabilities): "
                       + ", ".join(str(c) for c in checkpoints))
+            print(post_line)
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
             status = run_command(command, condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)

@@ -16,7 +16,9 @@ from pipeline.formats import ISLES2018_SUBMISSION_SUFFIX
 from pipeline.io import atomic_path, write_mask_like
 from pipeline.manifest import PROBABILITIES_SUFFIX
 from pipeline.paths import path_in
+from pipeline.postprocessing.lesion_mask import LesionPostprocessing, lesion_mask, voxel_volume_ml
 from pipeline.predict.names import OUTPUT_FORMATS, prediction_filename
+
 
 def _first(value: Any) -> Any:
     """Collated or decollated values may still be one-element lists; take the element."""
@@ -30,8 +32,10 @@ class SavePredictiond(MapTransform):
     """Write each case's prediction on its reference grid, named for the chosen format.
 
     Expects ``pred`` to be class probabilities ``(C, *spatial)`` already brought back to the native
-    grid (MONAI ``Invertd``); the mask is the argmax over classes (``> 0.5`` for one channel), written
-    as uint8 0/1 with the reference file's header (:func:`pipeline.io.write_mask_like`). With
+    grid (MONAI ``Invertd``); the mask is the foreground probability (the sum over the non-background
+    classes, or the one channel) above ``threshold``, with lesion components smaller than
+    ``min_component_ml`` removed (:func:`pipeline.postprocessing.lesion_mask`; the defaults, 0.5 and 0,
+    give the argmax), written as uint8 0/1 with the reference file's header (:func:`pipeline.io.write_mask_like`). With
     ``save_probabilities`` the foreground probability is also written as float16 to
     ``<name>_probabilities.npz`` (arrays ``probabilities`` and ``affine``; NIfTI has no float16).
 
@@ -43,7 +47,10 @@ class SavePredictiond(MapTransform):
         extension: file extension for the ``nifti`` and ``isles2022`` formats.
         reference_key, case_key, smir_key: record keys of the reference file, case id and SMIR id.
         save_probabilities: also write the probabilities.
+        threshold, min_component_ml: the post-processing (``postprocessing.json`` of the model, see
+            :mod:`pipeline.postprocessing`).
 
+    Raises (on construction): ValueError: an unknown format or an invalid post-processing setting.
     Raises (on call):
         CaseError: a record lacks its reference file; ValueError: a prediction off the reference grid.
     """
@@ -59,6 +66,8 @@ class SavePredictiond(MapTransform):
         case_key: str = "case_id",
         smir_key: str = "smir_id",
         save_probabilities: bool = False,
+        threshold: float = 0.5,
+        min_component_ml: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -74,6 +83,7 @@ class SavePredictiond(MapTransform):
         self.case_key = case_key
         self.smir_key = smir_key
         self.save_probabilities = save_probabilities
+        self.postprocessing = LesionPostprocessing(float(threshold), float(min_component_ml))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -89,18 +99,14 @@ class SavePredictiond(MapTransform):
         )
         for key in self.key_iterator(d):
             probabilities = torch.as_tensor(d[key]).detach().float().cpu()
-            if probabilities.shape[0] > 1:
-                mask = probabilities.argmax(0)
-                foreground = probabilities[1:].sum(0)
-            else:
-                foreground = probabilities[0]
-                mask = foreground > 0.5
-            path = write_mask_like(mask.numpy().astype(np.uint8), reference, path_in(self.output_dir, name, case_id, "output name"))
+            foreground = probabilities[1:].sum(0) if probabilities.shape[0] > 1 else probabilities[0]
+            affine = np.asarray(getattr(d[key], "affine", np.eye(4)))
+            mask = lesion_mask(foreground.numpy(), voxel_volume_ml(affine), self.postprocessing)
+            path = write_mask_like(mask, reference, path_in(self.output_dir, name, case_id, "output name"))
             d[f"{key}_path"] = str(path)
             if self.save_probabilities:
                 stem = name[: -len(self.extension)] if name.endswith(self.extension) else name
                 target = path_in(self.output_dir, f"{stem}{PROBABILITIES_SUFFIX}", case_id, "output name")
-                affine = np.asarray(getattr(d[key], "affine", np.eye(4)))
                 with atomic_path(target) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, probabilities=foreground.numpy().astype(np.float16), affine=affine)
