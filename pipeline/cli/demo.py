@@ -1,7 +1,8 @@
 """``python -m pipeline demo``: the main job end to end on the embedded synthetic data.
 
-synth -> prepare (fingerprint, plans) -> train the UNet++ bundle within a CPU time budget -> predict the test
-split -> evaluate against the clinical threshold rule -> report. Every step is a command of this CLI, run as a
+synth -> prepare (fingerprint, plans) -> train the UNet++ bundle within a CPU time budget -> fit the post-processing
+on the validation fold (what ``train`` does at its end) -> predict the test split -> evaluate against the clinical
+threshold rule -> report. Every step is a command of this CLI, run as a
 user would.
 """
 
@@ -13,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.cli import evaluate, predict, prepare, synth, train
+from pipeline.cli import evaluate, postprocess, predict, prepare, synth, train
 from pipeline.cli.arguments import add_synthetic_arguments
 from pipeline.formats import GROUND_TRUTH_FOLDER
 from pipeline.planning.cpu_budget import DEMO_CHANNELS
@@ -69,14 +70,18 @@ def command_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     step("train UNet++", train.command_train(argparse.Namespace(
         bundle=str(DEMO_BUNDLE), datalist=str(datalist), fold=0, epochs=args.epochs, output=str(run_dir),
-        plans=str(demo_plans),
+        plans=str(demo_plans), postprocessing="none",
         set=["learning_rate=0.003", f"val_interval={args.epochs}", f"time_budget_s={args.train_budget}"])), started)
+
+    started = time.perf_counter()
+    step("fit post-processing", postprocess.command_postprocess(argparse.Namespace(
+        bundle=str(DEMO_BUNDLE), datalist=str(datalist), model=str(run_dir), fold=0, tta=False, set=None)), started)
 
     started = time.perf_counter()
     step("predict test split", predict.command_predict(argparse.Namespace(
         bundle=str(DEMO_BUNDLE), input=str(datalist), output=str(predictions), format="nifti", name="demo",
         split="testing", checkpoint=str(run_dir / "models" / "last.pt"), probabilities=False, overwrite=True,
-        set=None, plans=None)), started)
+        set=None, plans=None, postprocessing=None)), started)
 
     started = time.perf_counter()
     step("evaluate + report", evaluate.command_evaluate(argparse.Namespace(
@@ -93,6 +98,7 @@ def command_demo(args: argparse.Namespace) -> int:
     rule = summary["dice_difference"]["threshold_mean_dice"]
     print(f"\ndemo: mean Dice on the {args.test_cases} held-out test cases: UNet++ {model:.3f}, "
           f"clinical threshold rule {rule:.3f} (difference {model - rule:+.3f})")
-    print(f"  outputs under {workdir}/: data/, datalist.json, plans.json, unetplusplus/ (models, logs), "
+    print(f"  outputs under {workdir}/: data/, datalist.json, plans.json, unetplusplus/ (models, logs, "
+          "postprocessing.json, validation/), "
           "predictions/, eval/, report/report.md")
     return 0
