@@ -214,7 +214,7 @@ def test_the_bundle_alone_normalizes_as_the_isles2018_profile_does(bundle, confi
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_train_resume_export_and_predict(bundle, datalist, tmp_path, capfd):
     output = tmp_path / "run"
-    common = ["train", "--bundle", str(bundle), "--datalist", str(datalist), "--fold", "0", "--output", str(output)]
+    common = ["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist), "--fold", "0", "--output", str(output)]
     assert main(common + ["--epochs", "1"] + TINY) == 0
     printed = capfd.readouterr().out
     assert "-m monai.bundle run --meta_file" in printed and "train.json" in printed
@@ -253,7 +253,7 @@ def test_train_resume_export_and_predict(bundle, datalist, tmp_path, capfd):
 def test_evaluate_config_scores_the_validation_fold(datalist, tmp_path):
     bundle = BUNDLES[0]
     output = tmp_path / "run"
-    assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
+    assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
                  "--epochs", "1"] + TINY) == 0
     workflow = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json"), PROFILE],
@@ -287,7 +287,7 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
     tiny = write_plans(plans, tmp_path / "plans.json")
     bundle = BUNDLES[0]
     output = tmp_path / "run"
-    assert main(["train", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
+    assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
                  "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1",
                  "--set", "network_def#norm=batch"]) == 0
     assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out

@@ -24,7 +24,7 @@ def test_the_quick_study_trains_once_per_model_and_tables_every_variant(tmp_path
     out = tmp_path / "study"
     assert _script().main(["--quick", "--out", str(out), "--seeds", "3", "--variants", "default,no_postprocessing"]) == 0
     assert str(out / "quality_study.md") in capsys.readouterr().out
-    rows = list(csv.DictReader((out / "quality_study.csv").open()))
+    rows = list(csv.DictReader((out / "quality_study.csv").open(encoding="utf-8")))
     assert [r["variant"] for r in rows] == ["default", "no_postprocessing"] and {r["seed"] for r in rows} == {"3"}
     for row in rows:
         assert 0.0 <= float(row["dice"]) <= 1.0 and 0.0 <= float(row["rule_dice"]) <= 1.0
@@ -32,7 +32,7 @@ def test_the_quick_study_trains_once_per_model_and_tables_every_variant(tmp_path
     seed = out / "seed_3"
     assert (seed / "default" / "postprocessing.json").is_file()  # train fitted it
     assert not (seed / "no_postprocessing").exists()  # the variant reused the default's model
-    table = (out / "quality_study.md").read_text()
+    table = (out / "quality_study.md").read_text(encoding="utf-8")
     assert "| default |" in table and "| no_postprocessing |" in table and "| threshold rule |" in table
 
 

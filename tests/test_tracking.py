@@ -41,7 +41,7 @@ def no_tracking_env(monkeypatch):
 
 
 def train_argv(datalist: Path, output: Path, *extra: str) -> list[str]:
-    return ["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--output", str(output),
+    return ["train", "--postprocessing", "none", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--output", str(output),
             "--plans", "none", *extra]
 
 

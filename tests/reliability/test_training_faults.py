@@ -35,7 +35,7 @@ def datalist(synthetic_datalist) -> Path:
 
 
 def train_args(datalist: Path, output: Path, epochs: int = EPOCHS, *extra: str) -> list[str]:
-    return ["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--epochs", str(epochs),
+    return ["train", "--postprocessing", "none", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--epochs", str(epochs),
             "--output", str(output), *TINY, *extra]
 
 

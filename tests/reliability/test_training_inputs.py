@@ -37,7 +37,7 @@ def edited_datalist(datalist: Path, folder: Path, edit) -> Path:
 
 
 def train(datalist: Path, output: Path, *extra: str) -> int:
-    return main(["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--output", str(output),
+    return main(["train", "--postprocessing", "none", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--output", str(output),
                  "--epochs", "1", "--plans", "none", "--set", "features=[4,4,8,8,8]", "--set", "patch_size=[32,32,2]",
                  "--set", "cache_rate=0.0", *extra])
 

@@ -29,7 +29,7 @@ def datalist(synthetic_datalist) -> Path:
 def test_a_resumed_run_whose_validation_is_worse_keeps_the_best_model(datalist, tmp_path, capfd):
     output = tmp_path / "run"
     models = output / "models"
-    common = ["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--output", str(output),
+    common = ["train", "--postprocessing", "none", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--output", str(output),
               *TINY]
     assert main(common + ["--epochs", "1"]) == 0
     best = models / "model.pt"
