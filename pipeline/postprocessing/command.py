@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import CaseError
-from pipeline.manifest import PROBABILITIES_SUFFIX
 from pipeline.postprocessing.fitting import ValidationCase, fit_postprocessing
 from pipeline.postprocessing.lesion_mask import voxel_volume_ml
 from pipeline.postprocessing.store import write_postprocessing
@@ -76,14 +75,13 @@ def validation_cases(records: list[dict[str, Any]], predictions: Path) -> list[V
         CaseError: a case without its probabilities file, or whose label is off the prediction's grid.
     """
     from pipeline.io.readers import read_array
-    from pipeline.predict.names import prediction_filename
+    from pipeline.predict.names import prediction_filename, probabilities_filename
 
     cases = []
     for record in records:
         case_id = str(record["case_id"])
         name = prediction_filename("nifti", case_id, str(record.get("reference") or ""), record.get("smir_id"))
-        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name
-        path = predictions / f"{stem}{PROBABILITIES_SUFFIX}"
+        path = predictions / probabilities_filename(name, ".nii.gz")
         if not path.is_file():
             raise CaseError(case_id, str(path), "no validation probabilities: the validation prediction failed for it")
         with np.load(path, allow_pickle=False) as stored:

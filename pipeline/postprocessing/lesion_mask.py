@@ -35,7 +35,6 @@ class LesionPostprocessing:
 
 
 DEFAULT_POSTPROCESSING = LesionPostprocessing()
-_FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -64,8 +63,7 @@ def lesion_mask(foreground: np.ndarray, voxel_ml: float, setting: LesionPostproc
     mask = np.asarray(foreground, dtype=np.float32) > float(setting.threshold)
     if setting.min_component_ml > 0 and mask.any():
         # scipy's labelling: MONAI's RemoveSmallObjects needs scikit-image, which is not a dependency
-        structure = _FULL_CONNECTIVITY if mask.ndim == 3 else ndimage.generate_binary_structure(mask.ndim, mask.ndim)
-        labels, count = ndimage.label(mask, structure=structure)
+        labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
         small = sizes * float(voxel_ml) < float(setting.min_component_ml)
         small[0] = True

@@ -52,6 +52,13 @@ def prediction_filename(
     raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
 
 
+def probabilities_filename(name: str, extension: str) -> str:
+    """The probabilities file written beside the prediction ``name``: its stem (``name`` without ``extension``)
+    and ``_probabilities.npz``."""
+    stem = name[: -len(extension)] if name.endswith(extension) else name
+    return f"{stem}{PROBABILITIES_SUFFIX}"
+
+
 def planned_output_names(
     records: list[dict],
     output_format: str,
@@ -83,8 +90,7 @@ def planned_output_names(
                                    team_name, extension)
         files = [name]
         if probabilities:
-            stem = name[: -len(extension)] if name.endswith(extension) else name
-            files.append(f"{stem}{PROBABILITIES_SUFFIX}")
+            files.append(probabilities_filename(name, extension))
         for file in files:
             if file.lower() in owners:
                 raise CaseError(case_id, None,

@@ -14,10 +14,9 @@ from monai.transforms import MapTransform
 from pipeline.errors import CaseError
 from pipeline.formats import ISLES2018_SUBMISSION_SUFFIX
 from pipeline.io import atomic_path, write_mask_like
-from pipeline.manifest import PROBABILITIES_SUFFIX
 from pipeline.paths import path_in
 from pipeline.postprocessing.lesion_mask import LesionPostprocessing, lesion_mask, voxel_volume_ml
-from pipeline.predict.names import OUTPUT_FORMATS, prediction_filename
+from pipeline.predict.names import OUTPUT_FORMATS, prediction_filename, probabilities_filename
 
 
 def _first(value: Any) -> Any:
@@ -105,8 +104,7 @@ class SavePredictiond(MapTransform):
             path = write_mask_like(mask, reference, path_in(self.output_dir, name, case_id, "output name"))
             d[f"{key}_path"] = str(path)
             if self.save_probabilities:
-                stem = name[: -len(self.extension)] if name.endswith(self.extension) else name
-                target = path_in(self.output_dir, f"{stem}{PROBABILITIES_SUFFIX}", case_id, "output name")
+                target = path_in(self.output_dir, probabilities_filename(name, self.extension), case_id, "output name")
                 with atomic_path(target) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, probabilities=foreground.numpy().astype(np.float16), affine=affine)
