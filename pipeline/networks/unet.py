@@ -27,6 +27,7 @@ from pipeline.networks.common import (
     resolve_depth_and_features,
     resolve_size_divisor,
 )
+from pipeline.networks.unit_axis import fold_unit_axes
 
 __all__ = ["UNet"]
 
@@ -141,6 +142,8 @@ class UNet(nn.Module):
         self.upsamples = dynunet.upsamples
         self.output_block = dynunet.output_block
         self.supervision_heads = dynunet.deep_supervision_heads if self.deep_supervision else nn.ModuleList()
+        if spatial_dims == 3:
+            fold_unit_axes(self)  # (3, 3, 1) levels as 2D convolutions over the slices: same weights and output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` (N, in_channels, *spatial).

@@ -36,6 +36,7 @@ from pipeline.networks.common import (
     resolve_depth_and_features,
     resolve_size_divisor,
 )
+from pipeline.networks.unit_axis import fold_unit_axes
 
 __all__ = ["UNetPlusPlus", "NestedNode", "NestedLevel", "conv_block", "MAX_DEPTH"]
 
@@ -160,6 +161,9 @@ class UNetPlusPlus(nn.Module):
     the others. Export: ``torch.jit.script`` works in both modes and for any size; ``torch.jit.trace`` records
     the padding of the traced input, so a traced module takes inputs that pad the same way.
 
+    Speed: in 3D, the convolutions whose kernel is 1 along an axis (the (3, 3, 1) levels of an anisotropic
+    network) run as 2D convolutions over the slices (:mod:`pipeline.networks.unit_axis`); same weights, same output.
+
     Args:
         spatial_dims: 2 or 3.
         in_channels: input channels (modalities).
@@ -273,6 +277,8 @@ class UNetPlusPlus(nn.Module):
             )
         self.levels = nn.ModuleList(levels)
         self.apply(init_kaiming)
+        if spatial_dims == 3:
+            fold_unit_axes(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` (N, in_channels, *spatial).
