@@ -311,6 +311,38 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
         np.testing.assert_array_equal(written.header["pixdim"], reference.header["pixdim"])
 
 
+def test_the_2d_configuration_trains_on_single_slices_and_predicts_every_slice(datalist, tmp_path, capfd):
+    import nibabel as nib
+
+    from pipeline.data.datalist import load_datalist
+    from pipeline.data.plans import load_plans, write_plans
+    from pipeline.planning.bundle_settings import TRAINED_PLANS
+
+    plans = load_plans(datalist.parent / "plans.json")  # written by prepare: 3d_anisotropic, and 2d beside it
+    assert plans["configuration"] == "3d_anisotropic" and "2d" in plans["configurations"]
+    two_d = plans["configurations"]["2d"]
+    two_d.update(patch_size=[64, 64, 1], features=[4] * (two_d["depth"] + 1), batch_size=2)
+    tiny = write_plans(plans, tmp_path / "plans.json")
+    bundle, output = BUNDLES[0], tmp_path / "run"
+    assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist),
+                 "--output", str(output), "--epochs", "1", "--plans", str(tiny), "--configuration", "2d",
+                 "--set", "cache_rate=0.0"]) == 0
+    printed = capfd.readouterr().out
+    assert "configuration 2d" in printed and "--patch_size '[64,64,1]'" in printed
+    trained = load_plans(output / "models" / TRAINED_PLANS)
+    assert trained["configuration"] == "2d" and all(k[2] == 1 for k in trained["kernel_sizes"])
+    predictions = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(predictions),
+                 "--model", str(output)]) == 0
+    assert "--patch_size '[64,64,1]'" in capfd.readouterr().out  # one slice per window
+    for record in load_datalist(datalist, "testing"):
+        assert nib.load(predictions / f"{record['case_id']}.nii.gz").shape == nib.load(record["reference"]).shape
+    assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist),
+                 "--output", str(tmp_path / "bad"), "--epochs", "1", "--plans", str(tiny), "--configuration",
+                 "3d_fullres"]) == 2
+    assert "no '3d_fullres' configuration" in capfd.readouterr().err
+
+
 def run_tiny_training(datalist: Path, bundle_root: Path, **overrides) -> ConfigWorkflow:
     """Run the UNet++ bundle's train.json through MONAI's ConfigWorkflow with a tiny network, validating every
     epoch, plus ``overrides``; return the finished workflow."""

@@ -205,11 +205,41 @@ def test_isotropic_data_with_spread_spacing_is_resampled_on_every_axis():
     assert plans["configuration"] == "3d_fullres" and plans["resample_pixdim"] == [1.0, 1.0, 1.0]
 
 
-def test_single_slice_data_gets_a_2d_configuration():
+def test_single_slice_data_gets_a_2d_configuration_the_3d_bundles_run():
     plans = derive_plans(fingerprint([((256, 256, 1), (0.9, 0.9, 5.0))] * 5))
-    assert plans["configuration"] == "2d" and plans["spatial_dims"] == 2
-    assert len(plans["patch_size"]) == 2 and all(len(s) == 2 for s in plans["strides"])
+    assert plans["configuration"] == "2d" and plans["spatial_dims"] == 3 and list(plans["configurations"]) == ["2d"]
+    assert plans["patch_size"] == [256, 256, 1]
+    assert all(s[2] == 1 for s in plans["strides"]) and all(k[2] == 1 for k in plans["kernel_sizes"])
     assert_consistent(plans)
+
+
+def test_slab_data_offer_a_2d_configuration_beside_the_anisotropic_default(tmp_path):
+    plans = derive_plans(slab_dataset())
+    assert plans["configuration"] == "3d_anisotropic"
+    assert list(plans["configurations"]) == ["3d_anisotropic", "2d"]
+    assert plans["configurations"]["3d_anisotropic"]["patch_size"] == plans["patch_size"]
+    flat = derive_plans(slab_dataset(), configuration="2d")
+    assert flat["configuration"] == "2d" and flat["patch_size"] == [256, 256, 1]  # a whole slice
+    assert all(k == [3, 3, 1] for k in flat["kernel_sizes"]) and all(s == [2, 2, 1] for s in flat["strides"])
+    assert_consistent(flat)
+    path = write_plans(plans, tmp_path / "plans.json")
+    chosen = load_plans(path, "2d")
+    for key in ("configuration", "patch_size", "strides", "kernel_sizes", "features", "batch_size"):
+        assert chosen[key] == flat[key]
+    assert chosen["target_spacing"] == plans["target_spacing"]  # what the configurations share stays
+    assert load_plans(path)["patch_size"] == plans["patch_size"] and load_plans(path, "3d_anisotropic") == load_plans(path)
+    with pytest.raises(ValueError, match="no '3d_fullres' configuration; they hold 3d_anisotropic, 2d"):
+        load_plans(path, "3d_fullres")
+    with pytest.raises(ValueError, match="does not fit"):
+        derive_plans(fingerprint([((256, 256, 1), (0.9, 0.9, 5.0))] * 5), configuration="3d_anisotropic")
+
+
+def test_a_2d_plan_builds_a_network_that_maps_a_slice_to_a_slice():
+    plans = derive_plans(slab_dataset(), configuration="2d", base_features=4, max_features=8, max_patch_voxels=64 * 64)
+    net = UNetPlusPlus(3, plans["in_channels"], 2, strides=plans["strides"], kernel_sizes=plans["kernel_sizes"],
+                       features=plans["features"]).eval()
+    with torch.no_grad():
+        assert tuple(net(torch.zeros(1, plans["in_channels"], 64, 64, 2)).shape) == (1, 2, 64, 64, 2)
 
 
 def test_channels_and_normalization_come_from_the_summary():

@@ -25,6 +25,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     add_bundle_arguments(p, "plans.json whose patch size, strides, kernels, widths, batch size are used (default: "
                             "the plans.json beside the datalist, when prepare wrote one; 'none': the bundle's own)",
                          "learning_rate=0.003")
+    p.add_argument("--configuration", default=None, metavar="NAME",
+                   help="which of the plans' configurations to train: 3d_anisotropic (or 3d_fullres) or 2d, one slice "
+                        "per patch (default: the plans' own, named in plans.json)")
     p.add_argument("--postprocessing", choices=("fit", "none"), default="fit",
                    help="fit: after training, predict the validation fold(s) and fit the post-processing (threshold, "
                         "smallest lesion component) into OUTPUT/postprocessing.json, which predict uses (default); "
@@ -45,7 +48,7 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 def command_train(args: argparse.Namespace) -> int:
     """``train --bundle DIR --datalist datalist.json [--fold K|all|cv|K,L,...] [--epochs N] [--output DIR]
-    [--plans plans.json|none] [--postprocessing fit|none] [--tracking mlflow [--tracking-uri URI] [--experiment NAME]]``.
+    [--plans plans.json|none] [--configuration NAME] [--postprocessing fit|none] [--tracking mlflow [--tracking-uri URI] [--experiment NAME]]``.
 
     Returns the exit status of :func:`pipeline.training.run_train` (of
     :func:`pipeline.training.cross_validation.run_cross_validation` for several folds).

@@ -35,7 +35,8 @@ NETWORK_DEF_PREFIX = "network_def#"
 NETWORK_OVERRIDES = "network_overrides"
 
 
-def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNED_KEYS) -> list[tuple[str, object]]:
+def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNED_KEYS,
+                   configuration: str | None = None) -> list[tuple[str, object]]:
     """Config overrides taken from a plans file.
 
     Args:
@@ -43,19 +44,20 @@ def plan_overrides(plans_path: str | Path | None, keys: tuple[str, ...] = PLANNE
         keys: config ids to set (by default :data:`PLANNED_KEYS`: ``patch_size``, ``strides``,
             ``kernel_sizes``, ``features``, ``batch_size``, ``pixdim``), each from the plans key of the same
             name or the one :data:`PLAN_SOURCES` names (``pixdim`` from ``resample_pixdim``).
+        configuration: one of the configurations the plans hold (e.g. ``2d``); None for their default.
 
     Returns:
         ``(config id, value)`` pairs for the keys the plans hold.
 
     Raises:
         FileNotFoundError: no such plans file.
-        ValueError: an unreadable plans file.
+        ValueError: an unreadable plans file, or one without ``configuration``.
     """
     if plans_path is None:
         return []
     from pipeline.planning.plans import load_plans
 
-    plans = load_plans(plans_path)
+    plans = load_plans(plans_path, configuration)
     return [(key, plans[PLAN_SOURCES.get(key, key)]) for key in keys if PLAN_SOURCES.get(key, key) in plans]
 
 
@@ -96,21 +98,25 @@ def trained_plans(args) -> dict[str, Any] | None:
     applied), as written to ``models/trained_plans.json``; ``None`` when it trains with the bundle's settings.
 
     Args:
-        args: the parsed ``train`` arguments (``plans``, ``datalist``, ``set``).
+        args: the parsed ``train`` arguments (``plans``, ``datalist``, ``set``, ``configuration``).
 
     Returns:
         The plans, or ``None``.
 
     Raises:
-        FileNotFoundError, ValueError: no such plans file, or an unreadable one; a ``--set`` of a planned key
-            whose value is not JSON.
+        FileNotFoundError, ValueError: no such plans file, or an unreadable one; a ``--configuration`` the plans do
+            not hold, or one without plans; a ``--set`` of a planned key whose value is not JSON.
     """
     path = training_plans_path(args.plans, args.datalist)
+    configuration = getattr(args, "configuration", None)
     if path is None:
+        if configuration is not None:
+            raise ValueError(f"--configuration {configuration} needs plans: run prepare (it writes plans.json beside "
+                             "the datalist) or give --plans")
         return None
     from pipeline.planning.plans import load_plans
 
-    plans = load_plans(path)
+    plans = load_plans(path, configuration)
     for key, value in parse_overrides(args.set):
         if key in PLANNED_KEYS:  # the run's --set wins over the plans: keep what was really trained
             try:

@@ -24,7 +24,8 @@ def cpu_budget_plans(plans: Mapping[str, Any], quick: bool = False) -> dict[str,
     Args:
         plans: plans as :func:`pipeline.planning.plans.load_plans` returns them (``strides``, ``patch_size``, ...).
         quick: the smoke-test size (``QUICK_FEATURES``, a 64x64 in-plane patch, batch 2) instead of the demo's
-            (widths 8, 16, ... up to 128, a 128x128 in-plane patch, batch 4).
+            (widths 8, 16, ... up to 128, a 128x128 in-plane patch, batch 4, or 8 for a
+            one-slice patch).
 
     Returns:
         The resized plans; ``plans`` itself is left unchanged.
@@ -33,10 +34,13 @@ def cpu_budget_plans(plans: Mapping[str, Any], quick: bool = False) -> dict[str,
         KeyError: ``plans`` has no ``strides`` or ``patch_size``.
     """
     sized = copy.deepcopy(dict(plans))
+    sized.pop("configurations", None)  # the sized plans are of one configuration; the others keep their full size
     depth = len(sized["strides"])
     if quick:
         sized.update(features=QUICK_FEATURES[: depth + 1], patch_size=[64, 64, sized["patch_size"][2]], batch_size=2)
     else:
+        slices = sized["patch_size"][2]
+        # a one-slice (2d) patch takes twice the batch: the same voxels per step as a 2-slice slab
         sized.update(features=[min(8 * 2**i, 128) for i in range(depth + 1)],
-                     patch_size=[128, 128, sized["patch_size"][2]], batch_size=4)
+                     patch_size=[128, 128, slices], batch_size=8 if slices == 1 else 4)
     return sized

@@ -18,10 +18,12 @@ reference files; the slice axis is the coarsest one):
   spacing, and all zeros leave the data untouched. The bundles take it as their ``pixdim`` config id
   (``train --plans`` passes it; ``predict`` takes it from the checkpoint's ``trained_plans.json``) and
   resample before reorienting, so its axes are the files' voxel axes, like every axis here.
-- Configuration: ``"2d"`` when the median training case has a single slice; ``"3d_anisotropic"``
-  when the spacing is anisotropic (ratio > 3) or the median case has at most 2 slices (half of
-  ISLES 2018): a 3D network whose slice axis is taken whole and pooled only by the rule below, which
-  never pools a 2-slice axis; ``"3d_fullres"`` otherwise.
+- Configuration (:func:`configurations_for`): ``"2d"`` when the median training case has a single slice;
+  ``"3d_anisotropic"`` when the spacing is anisotropic (ratio > 3) or the median case has at most 2 slices
+  (half of ISLES 2018): a 3D network whose slice axis is taken whole and pooled only by the rule below, which
+  never pools a 2-slice axis; ``"3d_fullres"`` otherwise. Every multi-slice dataset can also be planned
+  ``"2d"``: one slice per patch (slice extent 1, kernel and stride 1 on the slice axis), which the 3D networks
+  compute as 2D convolutions (:mod:`pipeline.networks.unit_axis`), so the bundles run it unchanged.
 - Patch size: starts at the median shape (at target spacing) and is kept a multiple of the product
   of the strides on each axis. For ``3d_anisotropic`` the slice axis is the lower median slice count
   (an actual case's count: 2 for ISLES 2018, so a 2-slice slab is taken whole); shorter cases are
@@ -54,7 +56,8 @@ import numpy as np
 from pipeline.io.atomic import atomic_write_json
 from pipeline.io.jsonfile import read_json
 
-__all__ = ["derive_plans", "write_plans", "load_plans", "estimate_training_memory_mb", "PLANS_VERSION"]
+__all__ = ["CONFIGURATION_KEYS", "PLANS_VERSION", "configurations_for", "derive_plans", "estimate_training_memory_mb",
+           "load_plans", "select_configuration", "write_plans"]
 
 PLANS_VERSION = 1
 ANISOTROPY_RATIO = 3.0
@@ -69,6 +72,9 @@ PARAMETER_COPIES = 4
 OUT_CHANNELS = 2
 # The deepest network plans may ask for: the UNet++ limit (``pipeline.networks.unetpp`` checks the same one itself).
 MAX_DEPTH = 6
+# the keys that differ between configurations; ``plans["configurations"][name]`` holds them for each one
+CONFIGURATION_KEYS = ("configuration", "patch_size", "depth", "strides", "kernel_sizes", "features", "batch_size",
+                      "memory_estimate_mb")
 PLAN_KEYS = ("patch_size", "strides", "kernel_sizes", "features", "batch_size", "target_spacing", "configuration")
 
 
@@ -204,6 +210,24 @@ def estimate_training_memory_mb(
     return batch_size * per_sample + per_model
 
 
+def configurations_for(median_slices: int, anisotropic: bool) -> list[str]:
+    """The configurations a dataset can be planned in, the default first.
+
+    Args:
+        median_slices: slices of the median training case along the slice (coarsest) axis.
+        anisotropic: whether the median spacing is anisotropic (coarsest / finest > ``ANISOTROPY_RATIO``).
+
+    Returns:
+        ``["2d"]`` for single-slice data; ``["3d_anisotropic", "2d"]`` for anisotropic data or a median case of
+        at most 2 slices; ``["3d_fullres", "2d"]`` otherwise.
+    """
+    if median_slices <= 1:
+        return ["2d"]
+    if anisotropic or median_slices <= 2:
+        return ["3d_anisotropic", "2d"]
+    return ["3d_fullres", "2d"]
+
+
 def derive_plans(
     fingerprint: Mapping[str, Any] | str | Path,
     memory_budget_mb: float = 2048,
@@ -213,6 +237,7 @@ def derive_plans(
     min_size: int = 8,
     max_patch_voxels: int | None = None,
     max_dataset_fraction: float | None = 0.05,
+    configuration: str | None = None,
 ) -> dict[str, Any]:
     """Derive the plans (network geometry, patch, batch, spacing) from a dataset fingerprint.
 
@@ -230,19 +255,22 @@ def derive_plans(
         max_patch_voxels: cap on the voxels of one patch; None for no cap beyond memory.
         max_dataset_fraction: a batch covers at most this fraction of all training voxels (batch
             never below 2); None for no cap beyond memory.
+        configuration: plan this configuration (one of :func:`configurations_for`'s); None for the default.
 
     Returns:
         A flat JSON-serialisable dictionary: ``version``, ``configuration``, ``spatial_dims``,
         ``target_spacing``, ``resample``, ``resample_pixdim``, ``slice_axis``, ``patch_size``,
         ``depth``, ``strides``, ``kernel_sizes``, ``features``, ``batch_size``, ``memory_budget_mb``,
-        ``memory_estimate_mb``, ``fingerprint_summary``, and ``channels``/``in_channels``,
-        ``normalization``, ``profile`` when the fingerprint summary has them. For ``"2d"`` the
-        per-axis network lists (patch, strides, kernels) leave out the slice axis.
+        ``memory_estimate_mb``, ``fingerprint_summary``, ``configurations`` (for every configuration the data
+        fit, its :data:`CONFIGURATION_KEYS`; :func:`select_configuration` picks one), and ``channels``/``in_channels``,
+        ``normalization``, ``profile`` when the fingerprint summary has them. The per-axis network lists
+        (patch, strides, kernels) have three entries; for ``"2d"`` the slice axis has patch extent 1, kernel 1
+        and stride 1.
 
     Raises:
         FileNotFoundError: ``fingerprint`` is a path that does not exist.
-        ValueError: unreadable fingerprint, no cases, missing geometry, out-of-range arguments, or a
-            median shape too small to pool even once.
+        ValueError: unreadable fingerprint, no cases, missing geometry, out-of-range arguments, a configuration
+            the data do not fit, or a median shape too small to pool even once.
     """
     if not 1 <= max_depth <= MAX_DEPTH:
         raise ValueError(f"max_depth must be between 1 and {MAX_DEPTH} (the UNet++ limit), got {max_depth}")
@@ -254,6 +282,25 @@ def derive_plans(
         raise ValueError(f"max_patch_voxels must be positive, got {max_patch_voxels}")
 
     fp = _fingerprint_dict(fingerprint)
+    settings = dict(memory_budget_mb=memory_budget_mb, base_features=base_features, max_features=max_features,
+                    max_depth=max_depth, min_size=min_size, max_patch_voxels=max_patch_voxels,
+                    max_dataset_fraction=max_dataset_fraction)
+    plans, available = _derive_configuration(fp, configuration, **settings)
+    plans["configurations"] = {
+        name: {k: v for k, v in (plans if name == plans["configuration"]
+                                 else _derive_configuration(fp, name, **settings)[0]).items() if k in CONFIGURATION_KEYS}
+        for name in available
+    }
+    return plans
+
+
+def _derive_configuration(
+    fp: Mapping[str, Any], configuration: str | None, memory_budget_mb: float, base_features: int,
+    max_features: int, max_depth: int, min_size: int, max_patch_voxels: int | None,
+    max_dataset_fraction: float | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The flat plans of one configuration (:func:`derive_plans` without ``configurations``), and the
+    configurations the data fit."""
     summary = fp.get("summary") or {}
     shapes, spacings, n_training = _training_geometry(fp)
 
@@ -270,15 +317,16 @@ def derive_plans(
     median_shape = [_lower_median(shapes_at_target[:, a]) for a in range(3)]
     median_slices = median_shape[slice_axis]
 
-    if median_slices <= 1:
-        configuration = "2d"
-    elif anisotropic or median_slices <= 2:
-        configuration = "3d_anisotropic"
-    else:
-        configuration = "3d_fullres"
-    axes = [a for a in range(3) if not (configuration == "2d" and a == slice_axis)]
+    available = configurations_for(median_slices, anisotropic)
+    if configuration is None:
+        configuration = available[0]
+    elif configuration not in available:
+        raise ValueError(f"configuration {configuration!r} does not fit this data (median case of {median_slices} "
+                         f"slice(s)); choose one of {', '.join(available)}")
+    axes = [0, 1, 2]
     net_spacing = [float(target[a]) for a in axes]
-    net_median = [median_shape[a] for a in axes]
+    # a 2d patch keeps the slice axis with extent 1: the bundles' 3D networks then run it slice by slice
+    net_median = [1 if configuration == "2d" and a == slice_axis else median_shape[a] for a in axes]
     # The axes that shrink first; the slice axis of an anisotropic patch only when nothing else can.
     preferred = [i for i, a in enumerate(axes) if configuration == "3d_fullres" or a != slice_axis]
     in_channels = len(summary["channels"]) if summary.get("channels") else 1
@@ -355,7 +403,7 @@ def derive_plans(
         "two_slice_fraction": round(float((shapes[:, slice_axis] <= 2).mean()), 4),
         **{k: summary[k] for k in ("slabs", "in_plane_shapes", "lesion_ml") if k in summary},
     }
-    return plans
+    return plans, available
 
 
 def write_plans(plans: Mapping[str, Any], path: str | Path) -> Path:
@@ -377,19 +425,46 @@ def write_plans(plans: Mapping[str, Any], path: str | Path) -> Path:
     return atomic_write_json(path, dict(plans))
 
 
-def load_plans(path: str | Path) -> dict[str, Any]:
+def select_configuration(plans: Mapping[str, Any], configuration: str | None) -> dict[str, Any]:
+    """The flat plans of one of the configurations ``plans`` holds.
+
+    Args:
+        plans: plans from :func:`derive_plans` / :func:`load_plans`.
+        configuration: a name in ``plans["configurations"]``; None (or the plans' own ``configuration``) keeps the
+            plans' default.
+
+    Returns:
+        A copy of ``plans`` whose :data:`CONFIGURATION_KEYS` are those of ``configuration``.
+
+    Raises:
+        ValueError: the plans hold no such configuration (the message lists those they hold).
+    """
+    chosen = dict(plans)
+    if configuration is None or configuration == plans.get("configuration"):
+        return chosen
+    held = plans.get("configurations") or {}
+    if configuration not in held:
+        names = ", ".join(held) or str(plans.get("configuration"))
+        raise ValueError(f"the plans hold no {configuration!r} configuration; they hold {names}")
+    chosen.update(held[configuration])
+    chosen["configuration"] = configuration
+    return chosen
+
+
+def load_plans(path: str | Path, configuration: str | None = None) -> dict[str, Any]:
     """Read a plans file written by :func:`write_plans`.
 
     Args:
         path: the ``plans.json`` file.
+        configuration: one of the configurations the file holds (:func:`select_configuration`); None for its default.
 
     Returns:
         The plans dictionary.
 
     Raises:
         FileNotFoundError: the file does not exist (the message says how to make it).
-        ValueError: the file cannot be read, is not JSON, not a JSON object, lacks a required key, or has a
-            ``version`` this code does not read.
+        ValueError: the file cannot be read, is not JSON, not a JSON object, lacks a required key, has a
+            ``version`` this code does not read, or does not hold ``configuration``.
     """
     path = Path(path)
     plans = read_json(path, f"plans file {path}",
@@ -401,4 +476,7 @@ def load_plans(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"plans file {path} has version {plans.get('version')!r}; this code reads version {PLANS_VERSION}"
         )
-    return plans
+    try:
+        return select_configuration(plans, configuration)
+    except ValueError as err:
+        raise ValueError(f"plans file {path}: {err}") from None

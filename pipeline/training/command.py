@@ -57,7 +57,8 @@ def train_command(args, datalist: Mapping[str, Any] | None = None) -> list[str]:
     if args.output:
         output = Path(args.output).resolve()
         settings += [("ckpt_dir", str(output / "models")), ("output_dir", str(output / "eval"))]
-    settings += plan_overrides(training_plans_path(args.plans, datalist_path))
+    settings += plan_overrides(training_plans_path(args.plans, datalist_path),
+                               configuration=getattr(args, "configuration", None))
     settings += parse_overrides(args.set)
     settings += tracking_overrides(args, bundle, log_dir(args))
     return bundle_command(bundle, "train.json", profile_path(datalist), settings)
@@ -163,10 +164,12 @@ def run_train(args) -> int:
     output = Path(args.output).resolve() if args.output else None
     print(f"train: {Path(args.bundle).name}, fold {args.fold} of {args.datalist}")
     used = training_plans_path(args.plans, args.datalist)
+    configuration = f", configuration {plans['configuration']}" if plans and plans.get("configuration") else ""
     if used is not None and args.plans is None:
-        print(f"train: with the plans beside the datalist, {used} (--plans none trains with the bundle's settings)")
+        print(f"train: with the plans beside the datalist, {used}{configuration} (--plans none trains with the "
+              "bundle's settings)")
     elif used is not None:
-        print(f"train: with the plans {used}")
+        print(f"train: with the plans {used}{configuration}")
     else:
         print("train: with the bundle's own network and patch settings (no plans)")
     tracked = describe_tracking(command)
