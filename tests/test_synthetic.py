@@ -33,6 +33,8 @@ from pipeline.data.synthetic.acquisition import (
     REPERFUSED_KEEP_RANGE,
     SITES,
     AcquisitionSettings,
+    PatientAcquisition,
+    apply_label_mechanisms,
     grow_infarct,
     jitter_border,
     misregister_label,
@@ -417,6 +419,21 @@ def test_growth_only_adds_label_inside_the_penumbra():
     assert added.any() and np.all(penumbra[added])
     assert added.sum() == round(0.5 * (penumbra & (label == 0)).sum())
     assert np.array_equal(grow_infarct(label, penumbra, 0.0, (0.9, 0.9, 5.0), np.random.default_rng(0)), label)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_the_core_grows_by_the_drawn_fraction_of_its_own_volume(fraction):
+    # the growth is relative to the core, as the CTP-time core is sized (DWI target / (1 + growth)), not to the
+    # penumbra: a wide hypoperfusion must not multiply the label
+    label = blob(radius=6.0)
+    tmax = np.where(blob(radius=30.0) == 1, 10.0, 2.0)
+    rcbf = np.where(label == 1, 0.1, 0.6)
+    patient = PatientAcquisition(site=None, growth_fraction=fraction, border_mm=0.0, slabs=[(0.0, 0.0, 0.0)])
+    rngs = {name: np.random.default_rng(0) for name in ("growth", "border")}
+    grown = apply_label_mechanisms(label, tmax, rcbf, np.ones_like(label), (0.9, 0.9, 5.0), patient, 0, rngs)
+    assert np.all(grown[label == 1] == 1)
+    assert grown.sum() == pytest.approx((1 + fraction) * label.sum(), abs=1)
+    assert penumbra_mask(tmax, rcbf, np.ones_like(label), label).sum() > 5 * grown.sum()
 
 
 def test_growth_takes_the_penumbra_nearest_the_infarct_first():

@@ -70,9 +70,10 @@ DEFAULT_PHANTOM = "realistic"
 # The mechanisms that AcquisitionSettings switches, by name (``synth --phantom-without NAME``).
 MECHANISMS = ("growth", "misregistration", "border", "sites", "mismatch")
 
-# Infarct growth: the fraction of the penumbra (hypoperfused tissue outside the core) that becomes
-# infarct before the DWI, uniform in this range (small: in ISLES 2018 the DWI followed the CTP by a
-# median 36 min); none for this share of the patients (reperfused: their label shrinks instead).
+# Infarct growth before the DWI, as a fraction of the CTP-time core's volume, taken from the penumbra
+# (hypoperfused tissue outside the core) nearest the core; uniform in this range (small: in ISLES 2018 the
+# DWI followed the CTP by a median 36 min); none for this share of the patients (reperfused: their label
+# shrinks instead).
 GROWTH_FRACTION_RANGE = (0.05, 0.3)
 NO_GROWTH_PROBABILITY = 0.3
 # Reperfused patients: the share of the CTP-time label the DWI still shows, uniform in this range.
@@ -90,11 +91,11 @@ PENUMBRA_TMAX_S = 6.0
 # ...and CBF at least this fraction of healthy: tissue the CTP does not call core.
 PENUMBRA_MIN_RCBF = 0.3
 # DWI-to-CTP registration error per slab: in-plane shift (mm, per axis) and rotation (degrees), normal.
-MISREGISTRATION_SHIFT_SD_MM = 3.5
-MISREGISTRATION_ROTATION_SD_DEG = 3.0
+MISREGISTRATION_SHIFT_SD_MM = 2.0
+MISREGISTRATION_ROTATION_SD_DEG = 2.0
 # Rater border disagreement: amplitude (mm) of the boundary displacement, uniform in this range, and
 # the in-plane smoothing (mm) of the displacement noise.
-BORDER_JITTER_MM_RANGE = (2.5, 4.5)
+BORDER_JITTER_MM_RANGE = (1.5, 3.0)
 BORDER_NOISE_SIGMA_MM = 4.0
 
 
@@ -178,7 +179,7 @@ class PatientAcquisition:
 
     Attributes:
         site: the site profile, or ``None`` when sites are off.
-        growth_fraction: fraction of the penumbra that becomes infarct before the DWI (0: none).
+        growth_fraction: growth of the infarct before the DWI, as a fraction of its CTP-time volume (0: none).
         keep_fraction: share of the CTP-time label a reperfused patient's DWI still shows (1: all).
         border_mm: amplitude of the rater's border displacement (0: none).
         slabs: per slab, ``(shift_x_mm, shift_y_mm, rotation_deg)`` of the label's misregistration.
@@ -436,11 +437,13 @@ def apply_label_mechanisms(
     result = steps[0]
     if patient.growth_fraction > 0:
         penumbra = penumbra_mask(clean_tmax, rcbf, brain_mask, result)
-        fraction = patient.growth_fraction
-        if max_voxels is not None and penumbra.any():
-            room = max(0, max_voxels - int(result.sum()))
-            fraction = min(fraction, room / float(penumbra.sum()))
-        result = grow_infarct(result, penumbra, fraction, spacing_mm, rngs["growth"])
+        if penumbra.any():
+            # the core grows by growth_fraction of its own volume (what patients.py sizes the CTP-time core by),
+            # into the penumbra nearest it
+            grown = patient.growth_fraction * int(result.sum())
+            if max_voxels is not None:
+                grown = min(grown, max(0, max_voxels - int(result.sum())))
+            result = grow_infarct(result, penumbra, min(1.0, grown / float(penumbra.sum())), spacing_mm, rngs["growth"])
         steps.append(result)
     elif patient.keep_fraction < 1.0:
         result = shrink_infarct(result, patient.keep_fraction, spacing_mm, rngs["growth"])
