@@ -17,7 +17,7 @@ from pipeline.networks import UNetPlusPlus
 from pipeline.planning.bundle_settings import plan_overrides
 from pipeline.precision import amp_dtype
 from pipeline.training.checkpoints import latest_checkpoint
-from pipeline.training.handlers import attach_progress_bar, attach_time_budget
+from pipeline.training.handlers import attach_progress_bar, attach_time_budget, fit_schedule_to_epochs
 from pipeline.networks import prepare_network
 from pipeline.training.trainer import PrepareTrainingBatch, Trainer
 from pipeline.transforms import RandInPlaneElasticd
@@ -56,6 +56,36 @@ def test_time_budget_stops_after_the_last_epoch_that_fits():
     engine.run(range(1), max_epochs=50)
     assert 2 <= engine.state.epoch <= 5
     assert not attach_time_budget(Engine(lambda e, b: None), None)
+
+
+def test_a_polynomial_schedule_fitted_to_fewer_epochs_stays_on_the_new_curve():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=40, power=0.9)
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+    fit_schedule_to_epochs(schedule, 10)
+    assert schedule.total_iters == 10 and optimizer.param_groups[0]["lr"] == pytest.approx(0.5**0.9)
+    for epoch in range(6, 11):
+        optimizer.step()
+        schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx((1 - epoch / 10) ** 0.9, abs=1e-9)
+    assert schedule.state_dict()["total_iters"] == 10  # a resumed run goes on with it
+    fit_schedule_to_epochs(schedule, 3)  # never before the epoch it is at
+    assert schedule.total_iters == 11
+
+
+def test_the_time_budget_fits_the_schedule_to_the_epochs_it_allows():
+    model = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([model], lr=1.0)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=50, power=0.9)
+    engine = Engine(lambda e, b: optimizer.step())
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: schedule.step())
+    assert attach_time_budget(engine, 1e6, schedule)  # the budget allows every epoch: the schedule ends with the run
+    engine.run(range(1), max_epochs=4)
+    assert schedule.total_iters == 4 and optimizer.param_groups[0]["lr"] == 0.0
+    with pytest.raises(TypeError, match="PolynomialLR"):
+        attach_time_budget(Engine(lambda e, b: None), 10.0, torch.optim.lr_scheduler.StepLR(optimizer, 1))
 
 
 def test_resume_takes_the_newest_checkpoint(tmp_path):

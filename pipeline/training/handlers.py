@@ -74,19 +74,27 @@ class ResumeHandler:
 
 class TimeBudgetHandler:
     """Stop the trainer it is attached to at the end of the last epoch that fits in ``budget_s`` seconds of
-    training (:func:`attach_time_budget`; ``None`` or 0: no budget).
+    training (:func:`attach_time_budget`; ``None`` or 0: no budget), optionally fitting a polynomial learning-rate
+    schedule to the epochs the budget allows.
 
     Args:
         budget_s: the budget in seconds.
+        lr_scheduler: a ``torch.optim.lr_scheduler.PolynomialLR`` stepped once per epoch, whose decay then ends with
+            the budget instead of at its ``total_iters`` (:func:`fit_schedule_to_epochs`); ``None`` leaves it alone.
+        fit_schedule: whether to fit ``lr_scheduler`` to the budget (False: as if it were ``None``).
+
+    Raises (on attach):
+        TypeError: ``lr_scheduler`` is not a ``PolynomialLR``.
     """
 
-    def __init__(self, budget_s: float | None) -> None:
+    def __init__(self, budget_s: float | None, lr_scheduler: Any = None, fit_schedule: bool = True) -> None:
         self.budget_s = budget_s
+        self.lr_scheduler = lr_scheduler if fit_schedule else None
         self.attached = False
 
     def attach(self, engine: Engine) -> None:
         """Attach the budget's handlers to ``engine``; :attr:`attached` says whether there was a budget."""
-        self.attached = attach_time_budget(engine, self.budget_s)
+        self.attached = attach_time_budget(engine, self.budget_s, self.lr_scheduler)
 
 
 class EarlyStoppingHandler:
@@ -131,18 +139,47 @@ class ProgressBarHandler:
         self.attached = attach_progress_bar(engine, self.enabled)
 
 
-def attach_time_budget(trainer: Engine, budget_s: float | None) -> bool:
+def fit_schedule_to_epochs(lr_scheduler: torch.optim.lr_scheduler.PolynomialLR, epochs: int) -> None:
+    """Make a per-epoch polynomial schedule decay to zero at ``epochs`` from here on, and set each parameter
+    group's learning rate to the schedule's value at its current epoch (so the chained updates that follow stay
+    on the new curve, ``base_lr * (1 - epoch / epochs) ** power``).
+
+    Args:
+        lr_scheduler: the schedule; its ``total_iters`` becomes ``epochs`` (kept in its state dict, so a resumed
+            run goes on with it).
+        epochs: the epoch at which the learning rate reaches zero (at least the current epoch + 1).
+    """
+    epochs = max(int(epochs), lr_scheduler.last_epoch + 1)
+    if epochs == lr_scheduler.total_iters:
+        return
+    lr_scheduler.total_iters = epochs
+    factor = (1.0 - min(lr_scheduler.last_epoch, epochs) / epochs) ** lr_scheduler.power
+    for group, base_lr in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs):
+        group["lr"] = base_lr * factor
+    # what get_last_lr() reports (torch sets it in step(); the change here happens between steps)
+    lr_scheduler._last_lr = [group["lr"] for group in lr_scheduler.optimizer.param_groups]
+
+
+def attach_time_budget(trainer: Engine, budget_s: float | None, lr_scheduler: Any = None) -> bool:
     """Stop ``trainer`` at the end of the last epoch that fits in ``budget_s`` seconds of training.
 
     After each epoch the mean epoch time so far is taken as the next epoch's; when it would end past
     the budget, the run is terminated (Ignite then completes normally, so final checkpoints are
-    written). ``None`` or 0 means no budget.
+    written). ``None`` or 0 means no budget. With ``lr_scheduler`` (a per-epoch ``PolynomialLR``), the epochs
+    the budget is projected to allow (at most the run's ``max_epochs``) become the schedule's length after each
+    epoch (:func:`fit_schedule_to_epochs`), so the learning rate anneals by the end of the budget rather than
+    stopping half-way down its curve.
 
     Returns:
         True when a budget was attached.
+
+    Raises:
+        TypeError: ``lr_scheduler`` is given and is not a ``PolynomialLR``.
     """
     if not budget_s:
         return False
+    if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.PolynomialLR):
+        raise TypeError(f"the time budget fits only a PolynomialLR schedule, got {type(lr_scheduler).__name__}")
     clock: dict[str, float] = {}
 
     def start(engine: Engine) -> None:
@@ -154,6 +191,9 @@ def attach_time_budget(trainer: Engine, budget_s: float | None) -> bool:
         if elapsed + per_epoch > budget_s and engine.state.epoch < engine.state.max_epochs:
             engine.logger.info(f"time budget of {budget_s:.0f} s reached after epoch {engine.state.epoch}: stopping")
             engine.terminate()
+        elif lr_scheduler is not None and engine.state.epoch < engine.state.max_epochs:
+            projected = engine.state.epoch + int((budget_s - elapsed) // per_epoch)
+            fit_schedule_to_epochs(lr_scheduler, min(engine.state.max_epochs, projected))
 
     trainer.add_event_handler(Events.STARTED, start)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, check)
