@@ -280,18 +280,21 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
     from pipeline.data.plans import load_plans, write_plans
 
     plans = load_plans(datalist.parent / "plans.json")  # written by prepare
-    assert plans["strides"][0] == [2, 2, 1]  # 2-slice slabs: the slice axis is not pooled
-    depth = len(plans["strides"])
+    three_d = plans["configurations"]["3d_anisotropic"]  # trained here through --configuration
+    assert three_d["strides"][0] == [2, 2, 1]  # 2-slice slabs: the slice axis is not pooled
+    depth = len(three_d["strides"])
+    three_d.update(patch_size=[64, 64, 2], features=[4] * (depth + 1), batch_size=2)
     # resample in-plane to 1.8 mm, keep the slices (0): the network then sees about half the native grid
-    plans.update(patch_size=[64, 64, 2], features=[4] * (depth + 1), batch_size=2, resample_pixdim=[1.8, 1.8, 0.0])
+    plans.update(resample_pixdim=[1.8, 1.8, 0.0])
     tiny = write_plans(plans, tmp_path / "plans.json")
     bundle = BUNDLES[0]
     output = tmp_path / "run"
     assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(output),
-                 "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0", "--set", "val_interval=1",
-                 "--set", "network_def#norm=batch"]) == 0
+                 "--epochs", "1", "--plans", str(tiny), "--configuration", "3d_anisotropic", "--set", "cache_rate=0.0",
+                 "--set", "val_interval=1", "--set", "network_def#norm=batch"]) == 0
     assert "--pixdim '[1.8,1.8,0.0]'" in capfd.readouterr().out
     trained = load_plans(output / "models" / "trained_plans.json")
+    assert trained["configuration"] == "3d_anisotropic" and trained["kernel_sizes"] == three_d["kernel_sizes"]
     assert trained["features"] == [4] * (depth + 1) and trained["resample_pixdim"] == [1.8, 1.8, 0.0]
     assert trained["network_overrides"] == {"network_def#norm": "batch"}
     # predict rebuilds the planned network, at the planned spacing, from the plans beside the checkpoint,
@@ -311,22 +314,20 @@ def test_plans_drive_training_and_travel_with_the_checkpoint(datalist, tmp_path,
         np.testing.assert_array_equal(written.header["pixdim"], reference.header["pixdim"])
 
 
-def test_the_2d_configuration_trains_on_single_slices_and_predicts_every_slice(datalist, tmp_path, capfd):
+def test_the_2d_default_trains_on_single_slices_and_predicts_every_slice(datalist, tmp_path, capfd):
     import nibabel as nib
 
     from pipeline.data.datalist import load_datalist
     from pipeline.data.plans import load_plans, write_plans
     from pipeline.planning.bundle_settings import TRAINED_PLANS
 
-    plans = load_plans(datalist.parent / "plans.json")  # written by prepare: 3d_anisotropic, and 2d beside it
-    assert plans["configuration"] == "3d_anisotropic" and "2d" in plans["configurations"]
-    two_d = plans["configurations"]["2d"]
-    two_d.update(patch_size=[64, 64, 1], features=[4] * (two_d["depth"] + 1), batch_size=2)
+    plans = load_plans(datalist.parent / "plans.json")  # written by prepare: 2d, and 3d_anisotropic beside it
+    assert plans["configuration"] == "2d" and list(plans["configurations"]) == ["2d", "3d_anisotropic"]
+    plans.update(patch_size=[64, 64, 1], features=[4] * (plans["depth"] + 1), batch_size=2)
     tiny = write_plans(plans, tmp_path / "plans.json")
     bundle, output = BUNDLES[0], tmp_path / "run"
     assert main(["train", "--postprocessing", "none", "--bundle", str(bundle), "--datalist", str(datalist),
-                 "--output", str(output), "--epochs", "1", "--plans", str(tiny), "--configuration", "2d",
-                 "--set", "cache_rate=0.0"]) == 0
+                 "--output", str(output), "--epochs", "1", "--plans", str(tiny), "--set", "cache_rate=0.0"]) == 0
     printed = capfd.readouterr().out
     assert "configuration 2d" in printed and "--patch_size '[64,64,1]'" in printed
     trained = load_plans(output / "models" / TRAINED_PLANS)

@@ -80,7 +80,7 @@ def assert_consistent(plans):
 
 
 def test_two_slice_slab_is_taken_whole_and_pooled_in_plane_only():
-    plans = derive_plans(slab_dataset())
+    plans = derive_plans(slab_dataset(), configuration="3d_anisotropic")
     assert_consistent(plans)
     assert_pooling_rule(plans)
     assert plans["configuration"] == "3d_anisotropic" and plans["spatial_dims"] == 3
@@ -112,7 +112,7 @@ def test_isles2018_slab_histogram_gives_sensible_plans():
     # Sensible: a 3D anisotropic network whose patch takes the median (2-slice) slab whole; the
     # slice axis is never resampled and pooled at most once; in-plane pooled at least 4 times on a
     # patch no larger than the 256x256 maps; every slab has at least as many slices as the patch.
-    plans = derive_plans(isles2018_dataset())
+    plans = derive_plans(isles2018_dataset(), configuration="3d_anisotropic")
     assert_consistent(plans)
     assert_pooling_rule(plans)
     assert plans["configuration"] == "3d_anisotropic"
@@ -127,7 +127,7 @@ def test_isles2018_slab_histogram_gives_sensible_plans():
 
 
 def test_an_axis_stops_pooling_once_it_is_smaller_than_min_size():
-    small_maps = derive_plans(fingerprint([((40, 40, 2), (0.9, 0.9, 12.0))] * 4))
+    small_maps = derive_plans(fingerprint([((40, 40, 2), (0.9, 0.9, 12.0))] * 4), configuration="3d_anisotropic")
     assert_consistent(small_maps)
     assert_pooling_rule(small_maps)
     assert small_maps["patch_size"] == [40, 40, 2]
@@ -156,7 +156,7 @@ def test_features_double_per_level_up_to_the_cap():
 def test_batch_size_grows_with_the_memory_budget_and_is_at_least_two():
     data = slab_dataset(200)
     budgets = [256, 2048, 8192, 32768]
-    plans = [derive_plans(data, memory_budget_mb=b, max_dataset_fraction=None) for b in budgets]
+    plans = [derive_plans(data, memory_budget_mb=b, max_dataset_fraction=None, configuration="3d_anisotropic") for b in budgets]
     batches = [p["batch_size"] for p in plans]
     assert min(batches) >= 2
     assert batches == sorted(batches) and batches[-1] > batches[1]
@@ -165,8 +165,8 @@ def test_batch_size_grows_with_the_memory_budget_and_is_at_least_two():
 
 
 def test_a_small_budget_keeps_batch_two_and_shrinks_the_in_plane_patch():
-    roomy = derive_plans(slab_dataset(), memory_budget_mb=8192, max_dataset_fraction=None)
-    tight = derive_plans(slab_dataset(), memory_budget_mb=300, max_dataset_fraction=None)
+    roomy = derive_plans(slab_dataset(), memory_budget_mb=8192, max_dataset_fraction=None, configuration="3d_anisotropic")
+    tight = derive_plans(slab_dataset(), memory_budget_mb=300, max_dataset_fraction=None, configuration="3d_anisotropic")
     assert tight["batch_size"] == 2
     assert tight["patch_size"][0] < roomy["patch_size"][0] and tight["patch_size"][2] == 2
     assert tight["memory_estimate_mb"] <= 300
@@ -181,7 +181,7 @@ def test_a_batch_covers_at_most_five_percent_of_the_training_voxels():
 
 
 def test_max_patch_voxels_caps_the_patch():
-    plans = derive_plans(slab_dataset(), max_patch_voxels=128 * 128 * 2)
+    plans = derive_plans(slab_dataset(), max_patch_voxels=128 * 128 * 2, configuration="3d_anisotropic")
     assert math.prod(plans["patch_size"]) <= 128 * 128 * 2 and plans["patch_size"][2] == 2
 
 
@@ -213,12 +213,12 @@ def test_single_slice_data_gets_a_2d_configuration_the_3d_bundles_run():
     assert_consistent(plans)
 
 
-def test_slab_data_offer_a_2d_configuration_beside_the_anisotropic_default(tmp_path):
-    plans = derive_plans(slab_dataset())
+def test_slab_data_default_to_2d_with_the_anisotropic_3d_configuration_beside_it(tmp_path):
+    plans = derive_plans(slab_dataset(), configuration="3d_anisotropic")
     assert plans["configuration"] == "3d_anisotropic"
-    assert list(plans["configurations"]) == ["3d_anisotropic", "2d"]
+    assert list(plans["configurations"]) == ["2d", "3d_anisotropic"]
     assert plans["configurations"]["3d_anisotropic"]["patch_size"] == plans["patch_size"]
-    flat = derive_plans(slab_dataset(), configuration="2d")
+    flat = derive_plans(slab_dataset())  # anisotropic slabs: 2d by default
     assert flat["configuration"] == "2d" and flat["patch_size"] == [256, 256, 1]  # a whole slice
     assert all(k == [3, 3, 1] for k in flat["kernel_sizes"]) and all(s == [2, 2, 1] for s in flat["strides"])
     assert_consistent(flat)
@@ -228,7 +228,7 @@ def test_slab_data_offer_a_2d_configuration_beside_the_anisotropic_default(tmp_p
         assert chosen[key] == flat[key]
     assert chosen["target_spacing"] == plans["target_spacing"]  # what the configurations share stays
     assert load_plans(path)["patch_size"] == plans["patch_size"] and load_plans(path, "3d_anisotropic") == load_plans(path)
-    with pytest.raises(ValueError, match="no '3d_fullres' configuration; they hold 3d_anisotropic, 2d"):
+    with pytest.raises(ValueError, match="no '3d_fullres' configuration; they hold 2d, 3d_anisotropic"):
         load_plans(path, "3d_fullres")
     with pytest.raises(ValueError, match="does not fit"):
         derive_plans(fingerprint([((256, 256, 1), (0.9, 0.9, 5.0))] * 5), configuration="3d_anisotropic")
@@ -337,11 +337,11 @@ def test_plans_from_a_prepared_synthetic_dataset(tmp_path):
     root = tmp_path / "synth"
     assert main(["synth", str(root), "--cases", "3", "--test-cases", "1", "--seed", "0"]) == 0
     assert main(["prepare", "--root", str(root), "--out", str(root / "datalist.json"), "--folds", "2"]) == 0
-    plans = derive_plans(root / "fingerprint.json")
+    plans = derive_plans(root / "fingerprint.json", configuration="3d_anisotropic")
     assert_consistent(plans)
     assert_pooling_rule(plans)
-    assert plans["configuration"] == "3d_anisotropic"
-    assert plans["channels"] == CTP and plans["profile"] == "isles2018"
+    assert derive_plans(root / "fingerprint.json")["configuration"] == "2d"  # the default for the slabs
+    assert plans["channels"] == CTP + ["CT"] and plans["profile"] == "isles2018"
     assert plans["resample_pixdim"][2] == 0.0
     assert plans["patch_size"][2] == plans["fingerprint_summary"]["median_slices"]
     assert plans["fingerprint_summary"]["training_cases"] == 3
