@@ -100,20 +100,6 @@ def _write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
     return atomic_write_text(path, text.getvalue())
 
 
-def _with_optional_channels(profile, records, log: Callable[[str], None]):
-    """``profile`` with each of its optional channels appended that every case in ``records`` has; the others are
-    left out with a line saying which case lacks them."""
-    added = []
-    for channel in profile.optional_channels:
-        lacking = [r.case_id for r in records if channel not in r.modalities]
-        if lacking:
-            log(f"  optional channel {channel} left out: {len(lacking)} case(s) lack it, e.g. {lacking[0]} "
-                f"(--channels {','.join(profile.channels + [channel])} insists on it)")
-        else:
-            added.append(channel)
-    return profile.with_channels(profile.channels + added) if added else profile
-
-
 def prepare_dataset(
     root: str | Path,
     out: str | Path,
@@ -144,8 +130,7 @@ def prepare_dataset(
         out: the datalist JSON to write.
         layout: ``auto`` or a layout name.
         profile: a profile name or YAML path (default: the layout's).
-        channels: channel order overriding the profile's (comma-separated text or a list); without it, the
-            profile's channels and those of its optional channels that every case has.
+        channels: channel order overriding the profile's (comma-separated text or a list).
         folds, seed: the cross-validation folds and the seed of their assignment.
         skip_incomplete: leave out (and list) unusable cases instead of failing.
         fingerprint_dir: where the fingerprint and plans go (default: beside ``out``).
@@ -171,8 +156,6 @@ def prepare_dataset(
     if channels:
         names = channels.split(",") if isinstance(channels, str) else list(channels)
         chosen = chosen.with_channels([c.strip() for c in names if c.strip()])
-    else:
-        chosen = _with_optional_channels(chosen, records, log)
     log(f"  channels in order: {', '.join(chosen.channels)}")
     inputs = {Path(p).resolve() for r in records for p in [*r.modalities.values(), r.label] if p}
     if out.resolve() in inputs | {root.resolve()}:

@@ -37,8 +37,6 @@ class DatasetProfile:
         label_values: optional mapping of the values a label file holds to 0/1 (``{255: 1}`` for a dataset whose
             masks code the lesion as 255); ``None`` when the labels already hold only 0 and 1. Any other value
             in a label is an error naming the case and the file (:func:`pipeline.checks.binary_label`).
-        optional_channels: modalities that ``prepare`` (without ``--channels``) appends to ``channels`` when every
-            case of the dataset has them (the ISLES 2018 CT), and leaves out, saying so, when some case lacks them.
         path: the file it was read from.
     """
 
@@ -52,7 +50,6 @@ class DatasetProfile:
     layout: str | None = None
     label_classes: dict[str, int] = field(default_factory=lambda: {"background": 0, "lesion": 1})
     label_values: dict[int | float, int] | None = None
-    optional_channels: list[str] = field(default_factory=list)
     path: str | None = None
 
     def canonical(self, name: str) -> str:
@@ -92,8 +89,8 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
 
     Raises:
         FileNotFoundError: no such profile.
-        ValueError: the profile is malformed (no channels, a channel or optional channel without settings, an
-            optional channel that is also a channel, an unknown normalization method, a ``label_values`` entry that does not map a number to 0 or 1).
+        ValueError: the profile is malformed (no channels, a channel without settings, an unknown
+            normalization method, a ``label_values`` entry that does not map a number to 0 or 1).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -110,11 +107,6 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
     for ch in channels:
         if ch not in modalities:
             raise ValueError(f"profile {path}: channel {ch!r} has no entry under 'modalities'")
-    optional = list(raw.get("optional_channels") or [])
-    for ch in optional:
-        if ch not in modalities or ch in channels:
-            raise ValueError(f"profile {path}: optional channel {ch!r} must have an entry under 'modalities' and not "
-                             "be one of 'channels'")
     for mod, settings in modalities.items():
         method = settings.get("normalization", {}).get("method", "none")
         if method not in NORMALIZATION_METHODS:
@@ -130,7 +122,6 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         layout=raw.get("layout"),
         label_classes=dict(raw.get("label_classes") or {"background": 0, "lesion": 1}),
         label_values=_label_values(raw.get("label_values"), path),
-        optional_channels=optional,
         path=str(path),
     )
 
