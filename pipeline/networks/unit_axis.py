@@ -10,7 +10,7 @@ convolutions are folded; normalisation and everything else still see the 3D tens
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,32 @@ def unit_axis_of(layer: nn.Module) -> int | None:
         The axis, or ``None`` when ``layer`` is not a plain ``nn.Conv3d`` / ``nn.ConvTranspose3d`` with zero
         padding mode and integer padding, or has no such axis.
     """
-    if type(layer) not in (nn.Conv3d, nn.ConvTranspose3d) or layer.padding_mode != "zeros":
+    if type(layer) not in (nn.Conv3d, nn.ConvTranspose3d):
         return None
-    if isinstance(layer.padding, str):
-        return None
-    output_padding = getattr(layer, "output_padding", (0, 0, 0))
-    axes = [a for a in range(3) if layer.kernel_size[a] == 1 and layer.stride[a] == 1
-            and layer.padding[a] == 0 and output_padding[a] == 0]
+    axes = [a for a in range(3) if _acts_voxelwise(layer, a)]
     return axes[-1] if axes else None
+
+
+def _acts_voxelwise(layer: nn.Module, axis: int) -> bool:
+    """Whether a 3D (transposed) convolution has kernel 1, stride 1, no padding (nor output padding) on ``axis``
+    and pads with zeros, so that it computes each slice along ``axis`` on its own."""
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return False
+    output_padding = getattr(layer, "output_padding", (0, 0, 0))
+    return (layer.kernel_size[axis] == 1 and layer.stride[axis] == 1 and layer.padding[axis] == 0
+            and output_padding[axis] == 0)
+
+
+def _fold(x: torch.Tensor, into: List[int]) -> Tuple[torch.Tensor, int, int]:
+    """(N, C, S0, S1, S2) to (N * slices, C, A, B) along the permutation ``into``; also returns N and slices."""
+    moved = x.permute(into)
+    n, slices = moved.shape[0], moved.shape[1]
+    return moved.reshape(n * slices, moved.shape[2], moved.shape[3], moved.shape[4]), n, slices
+
+
+def _unfold(y: torch.Tensor, n: int, slices: int, back: List[int]) -> torch.Tensor:
+    """The inverse of :func:`_fold` for the 2D output ``y`` (N * slices, C', A', B')."""
+    return y.reshape(n, slices, y.shape[1], y.shape[2], y.shape[3]).permute(back)
 
 
 def _permutations(axis: int) -> tuple[List[int], List[int]]:
@@ -67,8 +85,7 @@ class UnitAxisConv3d(nn.Conv3d):
 
     def __init__(self, *args, unit_axis: int = 2, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.padding, str) or not (self.kernel_size[unit_axis] == 1 and self.stride[unit_axis] == 1
-                                                 and self.padding[unit_axis] == 0 and self.padding_mode == "zeros"):
+        if not _acts_voxelwise(self, unit_axis):
             raise ValueError(f"a unit-axis convolution needs kernel 1, stride 1 and padding 0 on axis {unit_axis}, "
                              f"got kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}")
         self.unit_axis = int(unit_axis)
@@ -89,12 +106,10 @@ class UnitAxisConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` (N, C, S0, S1, S2); returns (N, out_channels, ...) as ``nn.Conv3d`` would."""
-        moved = x.permute(self._into)
-        n, slices = moved.shape[0], moved.shape[1]
-        folded = moved.reshape(n * slices, moved.shape[2], moved.shape[3], moved.shape[4])
+        folded, n, slices = _fold(x, self._into)
         y = F.conv2d(folded, self.weight.select(2 + self.unit_axis, 0), self.bias, self._stride2, self._padding2,
                      self._dilation2, self.groups)
-        return y.reshape(n, slices, y.shape[1], y.shape[2], y.shape[3]).permute(self._back)
+        return _unfold(y, n, slices, self._back)
 
 
 class UnitAxisConvTranspose3d(nn.ConvTranspose3d):
@@ -108,8 +123,7 @@ class UnitAxisConvTranspose3d(nn.ConvTranspose3d):
 
     def __init__(self, *args, unit_axis: int = 2, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not (self.kernel_size[unit_axis] == 1 and self.stride[unit_axis] == 1 and self.padding[unit_axis] == 0
-                and self.output_padding[unit_axis] == 0 and self.padding_mode == "zeros"):
+        if not _acts_voxelwise(self, unit_axis):
             raise ValueError(f"a unit-axis transposed convolution needs kernel 1, stride 1 and no padding on axis "
                              f"{unit_axis}, got kernel {self.kernel_size}, stride {self.stride}")
         self.unit_axis = int(unit_axis)
@@ -137,12 +151,10 @@ class UnitAxisConvTranspose3d(nn.ConvTranspose3d):
         """
         if output_size is not None:
             raise ValueError("UnitAxisConvTranspose3d does not take output_size")
-        moved = x.permute(self._into)
-        n, slices = moved.shape[0], moved.shape[1]
-        folded = moved.reshape(n * slices, moved.shape[2], moved.shape[3], moved.shape[4])
+        folded, n, slices = _fold(x, self._into)
         y = F.conv_transpose2d(folded, self.weight.select(2 + self.unit_axis, 0), self.bias, self._stride2,
                                self._padding2, self._output_padding2, self.groups, self._dilation2)
-        return y.reshape(n, slices, y.shape[1], y.shape[2], y.shape[3]).permute(self._back)
+        return _unfold(y, n, slices, self._back)
 
 
 def fold_unit_axes(module: nn.Module) -> nn.Module:

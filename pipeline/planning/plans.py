@@ -329,18 +329,17 @@ def _derive_configuration(
     elif configuration not in available:
         raise ValueError(f"configuration {configuration!r} does not fit this data (median case of {median_slices} "
                          f"slice(s)); choose one of {', '.join(available)}")
-    axes = [0, 1, 2]
-    net_spacing = [float(target[a]) for a in axes]
+    net_spacing = [float(s) for s in target]
     # a 2d patch keeps the slice axis with extent 1: the bundles' 3D networks then run it slice by slice
-    net_median = [1 if configuration == "2d" and a == slice_axis else median_shape[a] for a in axes]
+    net_median = [1 if configuration == "2d" and a == slice_axis else median_shape[a] for a in range(3)]
     # The axes that shrink first; the slice axis of an anisotropic patch only when nothing else can.
-    preferred = [i for i, a in enumerate(axes) if configuration == "3d_fullres" or a != slice_axis]
+    preferred = [a for a in range(3) if configuration == "3d_fullres" or a != slice_axis]
     in_channels = len(summary["channels"]) if summary.get("channels") else 1
 
     patch = list(net_median)
     while True:
         strides, kernels = _topology(patch, net_spacing, min_size, max_depth)
-        divisor = _stride_product(strides, len(axes))
+        divisor = _stride_product(strides, 3)
         rounded = [(n // d) * d for n, d in zip(patch, divisor)]
         if rounded != patch:
             patch = rounded
@@ -356,7 +355,7 @@ def _derive_configuration(
             break
         shrinkable = [i for i in preferred if patch[i] - divisor[i] >= min(min_size, net_median[i])]
         if not shrinkable:
-            shrinkable = [i for i in range(len(axes)) if patch[i] - divisor[i] >= min(min_size, net_median[i])]
+            shrinkable = [i for i in range(3) if patch[i] - divisor[i] >= min(min_size, net_median[i])]
         if not shrinkable:
             break  # the smallest patch; batch 2 even if the estimate exceeds the budget
         largest = max(patch[i] / net_median[i] for i in shrinkable)
@@ -374,7 +373,7 @@ def _derive_configuration(
     plans: dict[str, Any] = {
         "version": PLANS_VERSION,
         "configuration": configuration,
-        "spatial_dims": len(axes),
+        "spatial_dims": 3,
         "target_spacing": [round(float(s), 4) for s in target],
         "resample": any(resample_axes),
         "resample_pixdim": [round(float(target[a]), 4) if resample_axes[a] else 0.0 for a in range(3)],
