@@ -171,6 +171,27 @@ def test_inference_picks_its_inferer_by_the_networks_normalisation(bundle, norm,
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_a_bundle_run_stacks_the_channels_its_datalist_names(bundle, config, datalist, tmp_path):
+    """prepare chose CBF, CBV, MTT, Tmax and the CT; merging the profile must not pin the bundle to four channels,
+    and a datalist prepared with other channels is followed too."""
+    four = tmp_path / "four.json"
+    four.write_text(json.dumps({**json.loads(datalist.read_text()), "channels": ["CBF", "CBV", "MTT", "Tmax"]}))
+    for path, expected in ((datalist, ["CBF", "CBV", "MTT", "Tmax", "CT"]), (four, ["CBF", "CBV", "MTT", "Tmax"])):
+        for files in ([str(bundle / "configs" / config)], [str(bundle / "configs" / config), PROFILE]):
+            parser = ConfigParser()
+            parser.read_config(files)
+            parser["datalist"] = str(path)
+            assert parser.get_parsed_content("channels") == expected
+            assert parser.get_parsed_content("network_def").state_dict()[
+                next(iter(parser.get_parsed_content("network_def").state_dict()))].shape[1] == len(expected)
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / config), PROFILE])
+    parser["datalist"] = str(tmp_path / "absent.json")  # the zoo's checks run without data: the default channels
+    assert parser.get_parsed_content("channels") == ["CBF", "CBV", "MTT", "Tmax"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=IDS)
 def test_verify_net_in_out(bundle):
     verify_net_in_out(
         net_id="network_def",

@@ -36,11 +36,23 @@ def test_prepare_reads_the_synthetic_dataset_in_profile_order(synthetic_root, tm
     assert len(training) == 4
     for record in training:
         names = [Path(p).name for p in record["image"]]
-        assert [n.split(".")[4] for n in names] == ["CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax"]
+        assert [n.split(".")[4] for n in names] == ["CT_CBF", "CT_CBV", "CT_MTT", "CT_Tmax", "CT"]
         assert all(Path(p).is_file() for p in record["image"] + [record["label"]])
     datalist = json.loads(out.read_text())
-    assert datalist["channels"] == ["CBF", "CBV", "MTT", "Tmax"] and datalist["numTest"] == 2
+    # the profile's maps, then its optional CT, which every case has
+    assert datalist["channels"] == ["CBF", "CBV", "MTT", "Tmax", "CT"] and datalist["numTest"] == 2
     assert (tmp_path / "fingerprint.csv").is_file() and (tmp_path / "fingerprint.json").is_file()
+
+
+def test_prepare_leaves_the_optional_ct_out_when_a_case_lacks_it(synthetic_root, tmp_path, capsys):
+    root = copy_of(synthetic_root, tmp_path)
+    (ct,) = [p for p in (root / "TESTING").glob("*/SMIR.Brain.XX.O.CT.*") if p.is_dir()][:1]
+    case = ct.parent.name
+    shutil.rmtree(ct)
+    out = tmp_path / "datalist.json"
+    assert main(["prepare", "--root", str(root), "--out", str(out), "--folds", "2"]) == 0
+    assert f"optional channel CT left out: 1 case(s) lack it, e.g. {case}" in capsys.readouterr().out
+    assert json.loads(out.read_text())["channels"] == ["CBF", "CBV", "MTT", "Tmax"]
 
 
 def test_prepare_can_be_rerun_with_the_datalist_beside_the_data(synthetic_root, tmp_path):

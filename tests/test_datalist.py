@@ -282,3 +282,38 @@ def test_fold_and_exclude_fold_split_training_records_into_validation_and_traini
     validation = {r["case_id"] for r in load_datalist(path, "training", fold=1)}
     training = {r["case_id"] for r in load_datalist(path, "training", exclude_fold=1)}
     assert validation == {"c1", "c4"} and training == {"c0", "c2", "c3", "c5"}
+
+
+def test_datalist_channels_are_the_ones_prepare_wrote_else_the_default(tmp_path):
+    from pipeline.data.datalist import datalist_channels
+
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"channels": ["Tmax", "CT"], "training": []}))
+    msd = tmp_path / "msd.json"
+    msd.write_text(json.dumps({"training": []}))
+    assert datalist_channels(named, ["CBF"]) == ["Tmax", "CT"]
+    assert datalist_channels(msd, ["CBF"]) == ["CBF"]
+    assert datalist_channels(tmp_path / "absent.json", ["CBF"]) == ["CBF"]
+
+
+@pytest.mark.parametrize("channels", ["CBF", [], ["CBF", "CBF"], ["CBF", 3]])
+def test_malformed_datalist_channels_name_the_file(tmp_path, channels):
+    from pipeline.data.datalist import datalist_channels
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"channels": channels, "training": []}))
+    with pytest.raises(ValueError, match="datalist.json.*'channels' must be a list of distinct modality names"):
+        datalist_channels(path, ["CBF"])
+
+
+
+@pytest.mark.parametrize("lines,message", [
+    ("channels: [CBF]\nmodalities: {CBF: {}}\n", "rename 'channels' to 'default_channels'"),
+    ("default_channels: [CBF]\noptional_channels: [CBF]\nmodalities: {CBF: {}}\n", "optional channel 'CBF'"),
+    ("default_channels: [CBF]\noptional_channels: [CT]\nmodalities: {CBF: {}}\n", "optional channel 'CT'"),
+])
+def test_a_profile_that_would_pin_or_repeat_channels_is_refused(tmp_path, lines, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(lines)
+    with pytest.raises(ValueError, match=f"profile {path}.*{message}"):
+        load_profile(path)

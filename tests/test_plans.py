@@ -341,7 +341,7 @@ def test_plans_from_a_prepared_synthetic_dataset(tmp_path):
     assert_consistent(plans)
     assert_pooling_rule(plans)
     assert derive_plans(root / "fingerprint.json")["configuration"] == "2d"  # the default for the slabs
-    assert plans["channels"] == CTP and plans["profile"] == "isles2018"
+    assert plans["channels"] == [*CTP, "CT"] and plans["profile"] == "isles2018"
     assert plans["resample_pixdim"][2] == 0.0
     assert plans["patch_size"][2] == plans["fingerprint_summary"]["median_slices"]
     assert plans["fingerprint_summary"]["training_cases"] == 3

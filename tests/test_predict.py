@@ -103,7 +103,8 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     assert main(["synth", str(root / "data"), "--cases", "1", "--test-cases", "3", "--seed", "11"]) == 0
     assert main(["prepare", "--root", str(root / "data"), "--out", str(root / "datalist.json"), "--folds", "1"]) == 0
-    net = UNetPlusPlus(spatial_dims=3, in_channels=4, out_channels=2, strides=[[2, 2, 1]] * 4,
+    # prepare stacks CBF, CBV, MTT, Tmax and the CT (the profile's optional channel, which every case has)
+    net = UNetPlusPlus(spatial_dims=3, in_channels=5, out_channels=2, strides=[[2, 2, 1]] * 4,
                        kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
                        features=[4, 4, 8, 8, 16], norm="instance", deep_supervision=True)
     torch.save({"model": net.state_dict()}, root / "model.pt")
@@ -147,6 +148,28 @@ def test_a_bad_case_is_listed_and_the_others_are_written(dataset, tmp_path, caps
     before = (out / "case_1.nii.gz").stat().st_mtime_ns
     assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
     assert (out / "case_1.nii.gz").stat().st_mtime_ns == before
+
+
+def test_a_folder_is_predicted_with_the_channels_the_model_was_trained_on(dataset, tmp_path):
+    """A model trained without the CT: its trained plans say so, and predict stacks those four maps of each case of
+    a folder, not the five that prepare would choose for the folder."""
+    from pipeline.planning.plans import load_plans, write_plans
+
+    assert main(["prepare", "--root", str(dataset / "data"), "--out", str(tmp_path / "four.json"), "--folds", "1",
+                 "--channels", "CBF,CBV,MTT,Tmax"]) == 0
+    plans = load_plans(tmp_path / "plans.json")
+    plans["features"] = [4] * (len(plans["strides"]) + 1)
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    write_plans(plans, models / "trained_plans.json")
+    net = UNetPlusPlus(spatial_dims=3, in_channels=4, out_channels=2, strides=plans["strides"],
+                       kernel_sizes=plans["kernel_sizes"], features=plans["features"], norm="instance",
+                       deep_supervision=True)
+    torch.save({"model": net.state_dict()}, models / "last.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(BUNDLE), "--model", str(tmp_path / "run"), "--input",
+                 str(dataset / "data"), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_2.nii.gz", "case_3.nii.gz"]
 
 
 def test_isles2022_prediction_lies_on_the_dwi_grid_with_flair_resampled(tmp_path):

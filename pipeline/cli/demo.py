@@ -17,7 +17,6 @@ from pathlib import Path
 from pipeline.cli import evaluate, postprocess, predict, prepare, synth, train
 from pipeline.cli.arguments import add_synthetic_arguments
 from pipeline.formats import GROUND_TRUTH_FOLDER
-from pipeline.planning.cpu_budget import DEMO_CHANNELS
 
 DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "isles_unetplusplus"
 
@@ -28,8 +27,8 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--workdir", default="demo_output")
     add_synthetic_arguments(p, 24, 16, 0, "training cases (default 24)", "held-out test cases (default 16)")
     p.add_argument("--epochs", type=int, default=40, help="most epochs to train (default 40)")
-    p.add_argument("--channels", default=DEMO_CHANNELS,
-                   help=f"channel order (default {DEMO_CHANNELS}; CBF,CBV,MTT,Tmax is the profile's own)")
+    p.add_argument("--channels", default=None,
+                   help="channel order (default: what prepare chooses, the profile's CBF,CBV,MTT,Tmax and the CT)")
     p.add_argument("--train-budget", type=float, default=360.0,
                    help="seconds of training time at most (default 360: 6 minutes)")
     p.set_defaults(func=command_demo)

@@ -284,6 +284,35 @@ def read_datalist_json(path: str | Path) -> dict[str, Any]:
     )
 
 
+def datalist_channels(path: str | Path, default: list[str]) -> list[str]:
+    """The channel order a datalist names (its ``channels`` list, written by ``prepare``), so that a bundle run
+    stacks the channels the datalist was prepared with; ``default`` when the file is absent or names none (an MSD
+    datalist, a bundle checked without data by the model zoo's tools).
+
+    Args:
+        path: the datalist JSON file.
+        default: the channels to use when the datalist names none (the bundle's or the profile's).
+
+    Returns:
+        The channel names, in stacking order.
+
+    Raises:
+        ValueError: the file exists but is not a datalist (:func:`read_datalist_json`), or its ``channels`` is not
+            a non-empty list of distinct names; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return list(default)
+    named = read_datalist_json(path).get("channels")
+    if named is None:
+        return list(default)
+    if (not isinstance(named, list) or not named or not all(isinstance(c, str) and c for c in named)
+            or len(set(named)) != len(named)):
+        raise ValueError(f"datalist {str(path)!r}: 'channels' must be a list of distinct modality names, got "
+                         f"{named!r}; write it again with `python -m pipeline prepare`")
+    return list(named)
+
+
 ALL_FOLDS = "all"
 # ``train --fold cv``: every fold of the datalist, one run after another (a cross-validation)
 CROSS_VALIDATION = "cv"

@@ -100,6 +100,20 @@ def _write_table(path: Path, rows: list[dict], columns: list[str]) -> Path:
     return atomic_write_text(path, text.getvalue())
 
 
+def _with_optional_channels(profile, records, log: Callable[[str], None]):
+    """``profile`` with each of its optional channels appended that every case in ``records`` has; the others are
+    left out with a line saying which case lacks them."""
+    added = []
+    for channel in [c for c in profile.optional_channels if c not in profile.channels]:
+        lacking = [r.case_id for r in records if channel not in r.modalities]
+        if lacking:
+            log(f"  optional channel {channel} left out: {len(lacking)} case(s) lack it, e.g. {lacking[0]} "
+                f"(--channels {','.join(profile.channels + [channel])} insists on it)")
+        else:
+            added.append(channel)
+    return profile.with_channels(profile.channels + added) if added else profile
+
+
 def prepare_dataset(
     root: str | Path,
     out: str | Path,
@@ -130,7 +144,8 @@ def prepare_dataset(
         out: the datalist JSON to write.
         layout: ``auto`` or a layout name.
         profile: a profile name or YAML path (default: the layout's).
-        channels: channel order overriding the profile's (comma-separated text or a list).
+        channels: channel order overriding the profile's (comma-separated text or a list); without it, the
+            profile's channels and those of its optional channels that every case has.
         folds, seed: the cross-validation folds and the seed of their assignment.
         skip_incomplete: leave out (and list) unusable cases instead of failing.
         fingerprint_dir: where the fingerprint and plans go (default: beside ``out``).
@@ -156,6 +171,8 @@ def prepare_dataset(
     if channels:
         names = channels.split(",") if isinstance(channels, str) else list(channels)
         chosen = chosen.with_channels([c.strip() for c in names if c.strip()])
+    else:
+        chosen = _with_optional_channels(chosen, records, log)
     log(f"  channels in order: {', '.join(chosen.channels)}")
     inputs = {Path(p).resolve() for r in records for p in [*r.modalities.values(), r.label] if p}
     if out.resolve() in inputs | {root.resolve()}:
@@ -227,10 +244,13 @@ def prepare_dataset(
     return PreparedDataset(found_layout, chosen, out, datalist, fingerprint_dir, plans, problems, notes, summary)
 
 
-def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "auto") -> tuple[Path, dict[str, Any]]:
+def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "auto",
+                    channels: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Write the cases of one split of a dataset folder as a datalist under ``testing``.
 
     The folder is read with its layout reader (auto-detected); a case without a label counts as ``testing``.
+    ``channels`` (those a model was trained on) are stacked in their order; without them, the profile's default
+    channels and those of its optional channels that every case has, as ``prepare`` chooses them.
 
     Returns:
         ``(datalist path in work_dir, datalist dict)``.
@@ -245,6 +265,7 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
         raise ValueError(f"{folder}: no {split} cases found (choose the split with --split)")
     for record in records:
         record.split = "testing"
+    profile = profile.with_channels(channels) if channels else _with_optional_channels(profile, records, lambda _: None)
     records, _ = select_channels(records, profile, skip_incomplete=False)
     out = work_dir / "datalist.json"
     datalist = build_datalist(records, profile, found_layout, folder, out, n_folds=1, seed=0)
@@ -252,10 +273,12 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
     return out, datalist
 
 
-def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "auto") -> tuple[Path, str, dict]:
+def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "auto",
+                   channels: list[str] | None = None) -> tuple[Path, str, dict]:
     """Resolve ``predict --input`` to a datalist file and split.
 
-    A datalist JSON is used as it is; a folder goes through :func:`folder_datalist`.
+    A datalist JSON is used as it is; a folder goes through :func:`folder_datalist` (with ``channels``, the
+    model's, when known).
 
     Returns:
         ``(datalist path, split to predict, datalist dict)``.
@@ -266,5 +289,5 @@ def input_datalist(input_path: Path, split: str, work_dir: Path, layout: str = "
     """
     if input_path.is_file():
         return input_path, split, read_datalist_json(input_path)
-    path, datalist = folder_datalist(input_path, split, work_dir, layout)
+    path, datalist = folder_datalist(input_path, split, work_dir, layout, channels)
     return path, "testing", datalist

@@ -1,7 +1,10 @@
 """Dataset profiles: which modalities become channels, in which order, and how each is normalized.
 
 A profile is a YAML file under ``configs/datasets/`` (or any path). It is plain data so that a
-bundle run can merge it with ``--config_file "[train.json, configs/datasets/isles2018.yaml]"``.
+bundle run can merge it with ``--config_file "[train.json, configs/datasets/isles2018.yaml]"``. Its channel list is
+``default_channels``, not ``channels``: a bundle's ``channels`` are the ones its datalist names
+(:func:`pipeline.data.datalist.datalist_channels`), which ``prepare`` chose from the profile's default and optional
+channels, so merging the profile must not pin them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class DatasetProfile:
 
     Attributes:
         name: profile name (``isles2018``...).
-        channels: modality names stacked as channels, in this order.
+        channels: modality names stacked as channels, in this order (the YAML's ``default_channels``, or the
+            ``--channels`` of ``prepare``).
         modalities: every known modality -> its settings (``normalization`` dict, ``skip``).
         reference_modality: modality whose grid and header outputs are written on; when a case lacks
             it, the first channel is the reference.
@@ -37,6 +41,8 @@ class DatasetProfile:
         label_values: optional mapping of the values a label file holds to 0/1 (``{255: 1}`` for a dataset whose
             masks code the lesion as 255); ``None`` when the labels already hold only 0 and 1. Any other value
             in a label is an error naming the case and the file (:func:`pipeline.checks.binary_label`).
+        optional_channels: modalities that ``prepare`` (without ``--channels``) appends to ``channels`` when every
+            case of the dataset has them (the ISLES 2018 CT), and leaves out, saying so, when some case lacks them.
         path: the file it was read from.
     """
 
@@ -50,6 +56,7 @@ class DatasetProfile:
     layout: str | None = None
     label_classes: dict[str, int] = field(default_factory=lambda: {"background": 0, "lesion": 1})
     label_values: dict[int | float, int] | None = None
+    optional_channels: list[str] = field(default_factory=list)
     path: str | None = None
 
     def canonical(self, name: str) -> str:
@@ -89,8 +96,10 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
 
     Raises:
         FileNotFoundError: no such profile.
-        ValueError: the profile is malformed (no channels, a channel without settings, an unknown
-            normalization method, a ``label_values`` entry that does not map a number to 0 or 1).
+        ValueError: the profile is malformed (no ``default_channels``, a ``channels`` key, which would pin every
+            bundle run's channels, a channel or optional channel without settings, an optional channel that is also
+            a default one, an unknown normalization method, a ``label_values`` entry that does not map a number to
+            0 or 1).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -100,13 +109,21 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         raise FileNotFoundError(f"dataset profile {str(name_or_path)!r} not found (available: {available})")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    channels = list(raw.get("channels") or [])
+    if "channels" in raw:
+        raise ValueError(f"profile {path}: rename 'channels' to 'default_channels' (a 'channels' key would override "
+                         "the channels that each bundle run reads from its datalist)")
+    channels = list(raw.get("default_channels") or [])
     modalities = {str(k): dict(v or {}) for k, v in (raw.get("modalities") or {}).items()}
     if not channels:
-        raise ValueError(f"profile {path}: 'channels' is empty")
+        raise ValueError(f"profile {path}: 'default_channels' is empty")
     for ch in channels:
         if ch not in modalities:
             raise ValueError(f"profile {path}: channel {ch!r} has no entry under 'modalities'")
+    optional = list(raw.get("optional_channels") or [])
+    for ch in optional:
+        if ch not in modalities or ch in channels:
+            raise ValueError(f"profile {path}: optional channel {ch!r} must have an entry under 'modalities' and not "
+                             "be one of 'default_channels'")
     for mod, settings in modalities.items():
         method = settings.get("normalization", {}).get("method", "none")
         if method not in NORMALIZATION_METHODS:
@@ -122,6 +139,7 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         layout=raw.get("layout"),
         label_classes=dict(raw.get("label_classes") or {"background": 0, "lesion": 1}),
         label_values=_label_values(raw.get("label_values"), path),
+        optional_channels=optional,
         path=str(path),
     )
 

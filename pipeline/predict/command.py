@@ -90,6 +90,22 @@ def network_settings(checkpoints: list[Path], plans: str | Path | None) -> list[
     return chosen or []
 
 
+def trained_channels(checkpoints: list[Path], plans: str | Path | None) -> list[str] | None:
+    """The channels the model was trained on, as its plans record them (``--plans`` when given, else the
+    ``trained_plans.json`` beside the first checkpoint); ``None`` when no plans say.
+
+    Raises:
+        FileNotFoundError, ValueError: a missing or unreadable ``--plans`` file.
+    """
+    from pipeline.planning.plans import load_plans
+
+    path = Path(plans) if plans else checkpoints[0].parent / TRAINED_PLANS
+    if not plans and not path.is_file():
+        return None
+    named = load_plans(path).get("channels")
+    return [str(c) for c in named] if named else None
+
+
 def run_predict(args) -> int:
     """``python -m pipeline predict``: see the module docstring. Returns the exit status.
 
@@ -142,7 +158,8 @@ def run_predict(args) -> int:
         raise ValueError("--output must not be the input folder or lie inside it")
     run_id = new_run_id()
     with tempfile.TemporaryDirectory(prefix="predict-") as work:
-        datalist_path, split, datalist = input_datalist(input_path, args.split, Path(work))
+        datalist_path, split, datalist = input_datalist(input_path, args.split, Path(work),
+                                                        channels=trained_channels(checkpoints, args.plans))
 
         records = load_datalist(datalist_path, split)
         if not records:

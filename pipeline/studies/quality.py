@@ -117,8 +117,9 @@ def _run_seed(out: Path, seed: int, variants: Sequence[Variant], cases: int, tes
         channels = variant.channels or DEMO_CHANNELS
         datalist = work / f"datalist_{channels.replace(',', '_')}.json"
         if not datalist.is_file():
+            chosen = ["--channels", variant.channels] if variant.channels else []  # default: what prepare picks
             _cli(["prepare", "--root", str(data), "--out", str(datalist), "--folds", "5", "--seed", str(seed),
-                  "--channels", channels])
+                  *chosen])
         network = list(QUICK_NETWORK) if quick else []
         run = trained.get(variant.model_of or variant.name)
         if run is None:
