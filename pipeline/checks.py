@@ -42,6 +42,10 @@ def parse_label_values(mapping: Mapping | None) -> dict[float, int]:
     return result
 
 
+# how far from 0 and 1 the values of a mask read through its header's scaling may be and still count as 0 and 1
+SCALED_MASK_TOLERANCE = 1e-3
+
+
 def binary_label(
     array,
     case_id: str | None,
@@ -59,6 +63,9 @@ def binary_label(
 
     Returns:
         A uint8 array of the same shape with values 0 and 1.
+
+    Floating values within :data:`SCALED_MASK_TOLERANCE` of 0 and 1 (a mask stored as integers 0/65535 with a
+    header slope of 1/65535, as some ISLES 2024 masks are) count as 0 and 1.
 
     Raises:
         CaseError: values other than 0 and 1 remain (non-integers such as 0.5, several classes such as 2,
@@ -93,6 +100,11 @@ def binary_label(
                 f"{dict(label_values or {})} do not map; map every value to 0 or 1",
             )
         return out
+    if np.issubdtype(data.dtype, np.floating) and not np.isin(values, (0, 1)).all() and (
+            np.isclose(values, 0, rtol=0, atol=SCALED_MASK_TOLERANCE)
+            | np.isclose(values, 1, rtol=0, atol=SCALED_MASK_TOLERANCE)).all():
+        # a mask stored as 0/65535 with a header slope of about 1/65535 (as in ISLES 2024) reads as 0 and 1.00006
+        return np.rint(data).astype(np.uint8)
     bad = values[(values != 0) & (values != 1)]
     if bad.size:
         raise CaseError(

@@ -57,3 +57,25 @@ def test_the_label_takes_the_image_geometry(tmp_path):
     label[2:5, 2:5, 1] = 1
     out = loaded(tmp_path, label)
     assert np.allclose(out["label"].affine, out["image"].affine)
+
+
+def test_a_mask_stored_as_0_65535_with_a_header_slope_reads_as_0_1(tmp_path):
+    """As some ISLES 2024 follow-up masks are stored: uint16 0/65535, scl_slope about 1/65535."""
+    rng = np.random.default_rng(0)
+    image = write(tmp_path / "cbf.nii", 10 + rng.random(SHAPE))
+    stored = np.zeros(SHAPE, np.uint16)
+    stored[2:5, 2:5, 1] = 65535
+    scaled = nib.Nifti1Image(stored, AFFINE)
+    scaled.header.set_slope_inter(1.526e-5, 0.0)
+    nib.save(scaled, str(tmp_path / "msk.nii.gz"))
+    assert not np.isin(np.unique(nib.load(tmp_path / "msk.nii.gz").get_fdata()), (0, 1)).all()
+    record = {"case_id": "sub-stroke0158", "image": [image], "label": str(tmp_path / "msk.nii.gz")}
+    out = LoadLabeld("label")(LoadModalitiesd("image", channels=["CBF"], label_key="label")(record))
+    assert set(np.unique(out["label"].numpy())) == {0.0, 1.0} and int(out["label"].sum()) == 9
+
+
+def test_a_soft_mask_near_but_not_at_1_is_still_refused(tmp_path):
+    label = np.zeros(SHAPE, np.float32)
+    label[2:5, 2:5, 1] = 0.98
+    with pytest.raises(CaseError, match="0.98"):
+        loaded(tmp_path, label)
