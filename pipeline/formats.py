@@ -14,6 +14,11 @@
   :func:`parse_isles2018_case_folder`; :func:`isles2018_folder_name` and :func:`isles2018_image_name`, read
   back by :func:`parse_isles2018_folder_name` (any ``SMIR.<...>.<MOD>.<id>``); :func:`isles2018_folder_pattern`
   globs for the modality folders.
+- The ISLES 2024 layout (BIDS): ``raw_data/<sub>/ses-01/<sub>_ses-01_ncct.nii.gz``, the perfusion maps on the NCCT
+  grid ``derivatives/<sub>/ses-01/perfusion-maps/<sub>_ses-01_space-ncct_<map>.nii.gz`` and the follow-up lesion
+  mask ``derivatives/<sub>/ses-02/<sub>_ses-02_lesion-msk.nii.gz``: :func:`isles2024_subject` and
+  :func:`isles2024_file`, read back by :mod:`pipeline.data.isles2024` (by BIDS suffix, which also takes the public
+  release's ``space-ncct_lesion-msk`` and the ``rawdata/`` spelling).
 - The synthetic test labels: ``TESTING_GROUND_TRUTH/<case_id>/SMIR.<...>.OT.<ot_id>/`` listed in
   ``TESTING_GROUND_TRUTH/cases.csv`` (:data:`GROUND_TRUTH_COLUMNS`): :func:`ground_truth_row`, read back by
   :func:`read_ground_truth_rows` and :func:`parse_ground_truth_row`; the per-case table
@@ -46,6 +51,13 @@ ISLES2018_FOLDER_PREFIX = "SMIR.Brain.XX.O"
 ISLES2018_IMAGE_SUFFIX = ".nii"
 # ISLES 2022 (BIDS) names: sub-<id>[_ses-<id>][_<entity>...]
 _ISLES2022_RE = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:_[A-Za-z0-9-]+)*$")
+# ISLES 2024 (BIDS): raw_data/<sub>/ses-01/..., derivatives/<sub>/ses-0{1,2}/...
+ISLES2024_RAW_FOLDERS = ("raw_data", "rawdata")  # the archives' spelling first, then the challenge description's
+ISLES2024_DERIVATIVES = "derivatives"
+ISLES2024_ACUTE, ISLES2024_FOLLOW_UP = "ses-01", "ses-02"
+ISLES2024_MAPS_FOLDER = "perfusion-maps"
+ISLES2024_MAPS = ("cbf", "cbv", "mtt", "tmax")
+ISLES2024_LABEL_SUFFIX = "lesion-msk"
 # The synthetic dataset's test labels and per-case table.
 GROUND_TRUTH_FOLDER = "TESTING_GROUND_TRUTH"
 GROUND_TRUTH_CSV = "cases.csv"
@@ -170,6 +182,43 @@ def parse_isles2022_name(name: str | Path) -> tuple[str, str | None] | None:
     """
     match = _ISLES2022_RE.match(parse_case_file_name(name))
     return (match.group(1), match.group(2)) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# ISLES 2024: raw_data/<sub>/ses-01/<sub>_ses-01_ncct.nii.gz, derivatives/<sub>/...
+# ---------------------------------------------------------------------------------------------
+def isles2024_subject(number: int) -> str:
+    """The ISLES 2024 subject folder of subject ``number`` (``sub-stroke0001``)."""
+    return f"sub-stroke{int(number):04d}"
+
+
+def isles2024_file(subject: str, suffix: str) -> Path:
+    """Where an ISLES 2024 release keeps a subject's image, relative to the dataset root.
+
+    Args:
+        subject: the subject (``sub-stroke0001``), one plain path component.
+        suffix: ``ncct`` (the raw NCCT), one of :data:`ISLES2024_MAPS` (the perfusion map co-registered to the
+            NCCT), ``cta`` (the CTA co-registered to the NCCT) or :data:`ISLES2024_LABEL_SUFFIX` (the follow-up
+            lesion mask).
+
+    Returns:
+        The relative path, e.g. ``derivatives/sub-stroke0001/ses-01/perfusion-maps/sub-stroke0001_ses-01_space-ncct_cbf.nii.gz``.
+
+    Raises:
+        CaseError: ``subject`` is not one plain path component.
+        ValueError: an unknown suffix.
+    """
+    subject = plain_component(subject, subject, "subject")
+    if suffix == "ncct":
+        return Path(ISLES2024_RAW_FOLDERS[0], subject, ISLES2024_ACUTE, f"{subject}_{ISLES2024_ACUTE}_ncct.nii.gz")
+    derived = Path(ISLES2024_DERIVATIVES, subject)
+    if suffix in ISLES2024_MAPS:
+        return derived / ISLES2024_ACUTE / ISLES2024_MAPS_FOLDER / f"{subject}_{ISLES2024_ACUTE}_space-ncct_{suffix}.nii.gz"
+    if suffix == "cta":
+        return derived / ISLES2024_ACUTE / f"{subject}_{ISLES2024_ACUTE}_space-ncct_cta.nii.gz"
+    if suffix == ISLES2024_LABEL_SUFFIX:
+        return derived / ISLES2024_FOLLOW_UP / f"{subject}_{ISLES2024_FOLLOW_UP}_{ISLES2024_LABEL_SUFFIX}.nii.gz"
+    raise ValueError(f"unknown ISLES 2024 image {suffix!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import isles2018, isles2022, msd, nnunet
+from pipeline.data import isles2018, isles2022, isles2024, msd, nnunet
 from pipeline.data.layouts import LAYOUTS, detect_layout, discover_cases
 from pipeline.data.profiles import load_profile
 from pipeline.errors import CaseError, LayoutError
@@ -309,6 +309,81 @@ def test_msd_multichannel_single_file_is_an_error(tmp_path, profile2022):
     ))
     with pytest.raises(CaseError, match="one 3D file per channel"):
         msd.discover(tmp_path, profile2022)
+
+
+# ISLES 2024 -----------------------------------------------------------------------------------------
+
+ISLES2024_MAPS = ("cbf", "cbv", "mtt", "tmax")
+
+
+def write_isles2024_case(root: Path, n: int, raw: str = "raw_data", mask: str | None = "lesion-msk",
+                         cta: bool = True) -> None:
+    """One subject as the ISLES 2024 archives hold it: raw NCCT, CTA, 4D CTP and CTP-grid maps; the maps, CTA and
+    CTP co-registered to the NCCT under derivatives; the follow-up lesion mask named ``mask`` (None: none)."""
+    sub = f"sub-stroke{n:04d}"
+    acute = root / raw / sub / "ses-01"
+    for suffix in ("ncct", "cta", "ctp"):
+        write_nifti(acute / f"{sub}_ses-01_{suffix}.nii.gz", shape=(8, 8, 2, 3) if suffix == "ctp" else (8, 8, 2))
+    for suffix in ISLES2024_MAPS:
+        write_nifti(acute / "perfusion-maps" / f"{sub}_ses-01_{suffix}.nii.gz", shape=(4, 4, 2))
+    derived = root / "derivatives" / sub
+    for suffix in ISLES2024_MAPS:
+        write_nifti(derived / "ses-01" / "perfusion-maps" / f"{sub}_ses-01_space-ncct_{suffix}.nii.gz")
+    write_nifti(derived / "ses-01" / f"{sub}_ses-01_space-ncct_ctp.nii.gz", shape=(8, 8, 2, 3))
+    if cta:
+        write_nifti(derived / "ses-01" / f"{sub}_ses-01_space-ncct_cta.nii.gz")
+    if mask:
+        write_nifti(derived / "ses-02" / f"{sub}_ses-02_{mask}.nii.gz")
+
+
+def test_isles2024_reads_the_ncct_and_the_derivatives_on_its_grid(tmp_path):
+    write_isles2024_case(tmp_path, 1)
+    write_isles2024_case(tmp_path, 3, mask="space-ncct_lesion-msk")  # the public release's name
+    write_isles2024_case(tmp_path, 12, mask=None)
+    first, second, third = isles2024.discover(tmp_path, load_profile("isles2024"))
+    assert [r.case_id for r in (first, second, third)] == ["sub-stroke0001", "sub-stroke0003", "sub-stroke0012"]
+    assert first.modalities["NCCT"].endswith("raw_data/sub-stroke0001/ses-01/sub-stroke0001_ses-01_ncct.nii.gz")
+    for name in ("CBF", "CBV", "MTT", "Tmax"):
+        assert first.modalities[name].endswith(
+            f"derivatives/sub-stroke0001/ses-01/perfusion-maps/sub-stroke0001_ses-01_space-ncct_{name.lower()}.nii.gz")
+    assert first.modalities["CTA"].endswith("derivatives/sub-stroke0001/ses-01/sub-stroke0001_ses-01_space-ncct_cta.nii.gz")
+    assert first.label.endswith("derivatives/sub-stroke0001/ses-02/sub-stroke0001_ses-02_lesion-msk.nii.gz")
+    assert second.label.endswith("sub-stroke0003_ses-02_space-ncct_lesion-msk.nii.gz")
+    assert (first.split, second.split, third.split, third.label) == ("training", "training", "testing", None)
+
+
+def test_isles2024_two_lesion_masks_name_the_subject_and_both_files(tmp_path):
+    write_isles2024_case(tmp_path, 5)
+    write_nifti(tmp_path / "derivatives" / "sub-stroke0005" / "ses-02" / "sub-stroke0005_ses-02_space-ncct_lesion-msk.nii.gz")
+    with pytest.raises(CaseError, match="sub-stroke0005.*two lesion-msk files"):
+        isles2024.discover(tmp_path, load_profile("isles2024"))
+    problems: list = []
+    assert isles2024.discover(tmp_path, load_profile("isles2024"), problems) == []
+    assert problems[0]["case_id"] == "sub-stroke0005" and problems[0]["split"] == "training"
+
+
+@pytest.mark.parametrize("raw", ["raw_data", "rawdata"])
+def test_isles2024_is_detected_under_either_raw_folder_name_and_not_as_isles2022(tmp_path, raw):
+    write_isles2024_case(tmp_path, 1, raw=raw)
+    assert detect_layout(tmp_path) == "isles2024"
+    layout, profile, records = discover_cases(tmp_path)
+    assert (layout, profile.name, profile.reference_modality) == ("isles2024", "isles2024", "NCCT")
+
+
+def test_prepare_stacks_the_ncct_and_the_maps_and_the_cta_when_every_case_has_it(tmp_path):
+    from pipeline.__main__ import main
+
+    for n in (1, 2, 3):
+        write_isles2024_case(tmp_path / "data", n, mask=None if n == 3 else "lesion-msk")
+    assert main(["prepare", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "datalist.json"),
+                 "--folds", "2"]) == 0
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    assert datalist["channels"] == ["NCCT", "CBF", "CBV", "MTT", "Tmax", "CTA"]
+    assert (datalist["layout"], datalist["numTraining"], datalist["numTest"]) == ("isles2024", 2, 1)
+    (tmp_path / "data" / "derivatives" / "sub-stroke0002" / "ses-01" / "sub-stroke0002_ses-01_space-ncct_cta.nii.gz").unlink()
+    assert main(["prepare", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "no_cta.json"),
+                 "--folds", "2"]) == 0
+    assert json.loads((tmp_path / "no_cta.json").read_text())["channels"] == ["NCCT", "CBF", "CBV", "MTT", "Tmax"]
 
 
 # Detection ------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-LAYOUTS = ("isles2018", "isles2022", "nnunet", "msd")
+LAYOUTS = ("isles2018", "isles2022", "isles2024", "nnunet", "msd")
 
 
 def register(sub, parents: list[argparse.ArgumentParser]) -> None:

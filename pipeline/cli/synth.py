@@ -1,4 +1,4 @@
-"""``python -m pipeline synth OUT``: write the embedded synthetic dataset in the ISLES 2018 layout."""
+"""``python -m pipeline synth OUT``: write the embedded synthetic dataset in the ISLES 2018 layout (or ISLES 2024's)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("out", help="output folder")
     add_synthetic_arguments(p, 24, None, 0, "training cases (default 24)", "test cases (default cases // 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
+    p.add_argument("--layout", choices=("isles2018", "isles2024"), default="isles2018",
+                   help="isles2018 (default): the ISLES 2018 release layout; isles2024: BIDS raw_data/ and derivatives/ "
+                        "(NCCT, perfusion maps on its grid, follow-up lesion masks), one subject per patient")
     from pipeline.data.synthetic.acquisition import DEFAULT_PHANTOM, MECHANISMS, PHANTOMS
 
     p.add_argument(
@@ -30,7 +33,8 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def command_synth(args: argparse.Namespace) -> int:
-    """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite] [--phantom P] [--phantom-without M]``; returns 0.
+    """``synth OUT --cases N [--test-cases M] [--seed S] [--overwrite] [--layout L] [--phantom P] [--phantom-without M]``;
+    returns 0.
 
     ``args`` without ``phantom`` / ``phantom_without`` (as the demo builds it) gets the default phantom.
     """
@@ -42,14 +46,16 @@ def command_synth(args: argparse.Namespace) -> int:
     summary = write_synthetic_dataset(
         args.out, cases=args.cases, test_cases=args.test_cases, seed=args.seed, overwrite=args.overwrite,
         phantom=phantom, acquisition=AcquisitionSettings.without(getattr(args, "phantom_without", None)),
+        layout=getattr(args, "layout", None) or "isles2018",
     )
     elapsed = time.perf_counter() - start
+    layout_name = "ISLES 2024" if getattr(args, "layout", None) == "isles2024" else "ISLES 2018"
     cases = summary.cases
     training = [c for c in cases if c["split"] == "training"]
     testing = [c for c in cases if c["split"] == "testing"]
     dice = [c["threshold_dice"] for c in cases if c.get("threshold_dice") is not None]
     print(
-        f"synth: wrote {len(training)} training and {len(testing)} test cases (ISLES 2018 layout) to {args.out} "
+        f"synth: wrote {len(training)} training and {len(testing)} test cases ({layout_name} layout) to {args.out} "
         f"in {elapsed:.1f} s (seed {args.seed}, {phantom} phantom)"
     )
     if dice:

@@ -24,7 +24,7 @@ EXPECTS = "rawdata/sub-*/[ses-*/]...*_{dwi,adc,flair}.nii.gz (labels under deriv
 _EXTENSIONS = (".nii.gz", ".nii")
 
 
-def _bids_suffix(name: str) -> str | None:
+def bids_suffix(name: str) -> str | None:
     """Return the lower-cased BIDS suffix of an image file name (``..._FLAIR.nii.gz`` -> ``flair``)."""
     lower = name.lower()
     for ext in _EXTENSIONS:
@@ -56,7 +56,7 @@ def _files_with_suffixes(folder: Path, suffixes: dict[str, str], case_id: str) -
     for path in sorted(folder.rglob("*"), key=lambda p: natural_key(str(p))):
         if path.name.startswith(".") or not path.is_file():
             continue
-        suffix = _bids_suffix(path.name)
+        suffix = bids_suffix(path.name)
         if suffix not in suffixes:
             continue
         name = suffixes[suffix]

@@ -1,7 +1,7 @@
 """The layout registry: detect which layout a dataset root has and read its cases with the right profile.
 
 Layouts: ``isles2018`` (TRAINING/TESTING case folders of SMIR folders), ``isles2022`` (BIDS rawdata and
-derivatives), ``nnunet`` (nnU-Net raw: dataset.json, imagesTr, labelsTr) and ``msd`` (a datalist JSON,
+derivatives, MRI), ``isles2024`` (BIDS raw_data and derivatives, CT perfusion maps on the NCCT grid), ``nnunet`` (nnU-Net raw: dataset.json, imagesTr, labelsTr) and ``msd`` (a datalist JSON,
 this project's own included).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.data import isles2018, isles2022, msd, nnunet
+from pipeline.data import isles2018, isles2022, isles2024, msd, nnunet
 from pipeline.data.profiles import PROFILES_DIR, DatasetProfile, load_profile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import LayoutError
@@ -95,7 +95,12 @@ LAYOUTS: dict[str, Layout] = {
         "isles2018", isles2018.looks_like, isles2018.discover, lambda root: load_profile("isles2018"), isles2018.EXPECTS
     ),
     "isles2022": Layout(
-        "isles2022", isles2022.looks_like, isles2022.discover, lambda root: load_profile("isles2022"), isles2022.EXPECTS
+        # an ISLES 2024 folder named rawdata/ (as the challenge describes it) is BIDS too: its NCCT tells them apart
+        "isles2022", lambda root: isles2022.looks_like(root) and not isles2024.looks_like(root), isles2022.discover,
+        lambda root: load_profile("isles2022"), isles2022.EXPECTS
+    ),
+    "isles2024": Layout(
+        "isles2024", isles2024.looks_like, isles2024.discover, lambda root: load_profile("isles2024"), isles2024.EXPECTS
     ),
     "nnunet": Layout(
         "nnunet", nnunet.looks_like, nnunet.discover,

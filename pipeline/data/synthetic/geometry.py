@@ -116,7 +116,7 @@ class PatientPlan:
     n_slabs: int
 
 
-def plan_patients(n_slabs: int, rng: np.random.Generator) -> list[PatientPlan]:
+def plan_patients(n_slabs: int, rng: np.random.Generator, two_slabs: bool = True) -> list[PatientPlan]:
     """Draw patients and their slab geometry until ``n_slabs`` slabs are planned.
 
     Slab geometries follow :data:`SLAB_HISTOGRAM` per slab; about one third of the patients with a
@@ -125,6 +125,8 @@ def plan_patients(n_slabs: int, rng: np.random.Generator) -> list[PatientPlan]:
     Args:
         n_slabs: total number of slabs (cases) wanted, >= 0.
         rng: the random generator to draw from.
+        two_slabs: whether a patient may have a second slab (ISLES 2018); False: one volume per patient
+            (ISLES 2024). The draws are the same either way, so a seed plans the same geometries.
 
     Returns:
         The patient plans, in order; their ``n_slabs`` add up to ``n_slabs``.
@@ -144,7 +146,7 @@ def plan_patients(n_slabs: int, rng: np.random.Generator) -> list[PatientPlan]:
     while remaining > 0:
         k = int(rng.choice(len(geometries), p=weights))
         spacing = float(np.round(rng.uniform(*IN_PLANE_SPACING_MM), 4))
-        two = bool(eligible[k]) and rng.random() < TWO_SLAB_PROBABILITY and remaining >= 2
+        two = bool(eligible[k]) and rng.random() < TWO_SLAB_PROBABILITY and remaining >= 2 and two_slabs
         n, t = geometries[k]
         plans.append(PatientPlan(n_slices=n, thickness_mm=t, spacing_mm=spacing, n_slabs=2 if two else 1))
         remaining -= plans[-1].n_slabs

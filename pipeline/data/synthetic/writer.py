@@ -1,9 +1,11 @@
-"""The synthetic ISLES 2018 dataset writer: per patient one phantom, its slabs written in the release layout.
+"""The synthetic dataset writer: per patient one phantom, its slabs written in a release layout.
 
-Writes ``TRAINING/``, ``TESTING/`` (without labels), the test labels in ``TESTING_GROUND_TRUTH/``
-with its ``cases.csv``, and the per-case table ``synth_cases.csv``, with the ISLES 2018 folder and
-file names and dtypes. Every random draw comes from a generator spawned from the seed for its
-purpose (plans, SMIR ids, each patient), so the same seed writes byte-identical files.
+ISLES 2018 (the default): ``TRAINING/``, ``TESTING/`` (without labels), the test labels in ``TESTING_GROUND_TRUTH/``
+with its ``cases.csv``, with the ISLES 2018 folder and file names and dtypes. ISLES 2024: one subject per patient
+(one slab each) in ``raw_data/`` and ``derivatives/``, the test subjects without their follow-up mask, which goes to
+``TESTING_GROUND_TRUTH/<subject>.nii.gz``. Both write the per-case table ``synth_cases.csv``. Every random draw comes
+from a generator spawned from the seed for its purpose (plans, SMIR ids, each patient), so the same seed writes
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pipeline.data.synthetic.geometry import plan_patients
 from pipeline.data.synthetic.imaging import MODALITIES, PWI_FRAME_INTERVAL_S
 from pipeline.data.synthetic.patients import render_patient
 from pipeline.formats import (
-    GROUND_TRUTH_COLUMNS, GROUND_TRUTH_CSV, GROUND_TRUTH_FOLDER, ISLES2018_SPLIT_FOLDERS, SYNTHETIC_TABLE_CSV,
-    ground_truth_row, isles2018_case_folder, isles2018_folder_name, isles2018_image_name,
+    GROUND_TRUTH_COLUMNS, GROUND_TRUTH_CSV, GROUND_TRUTH_FOLDER, ISLES2018_SPLIT_FOLDERS, ISLES2024_DERIVATIVES,
+    ISLES2024_LABEL_SUFFIX, ISLES2024_RAW_FOLDERS, SYNTHETIC_TABLE_CSV, case_file_name, ground_truth_row,
+    isles2018_case_folder, isles2018_folder_name, isles2018_image_name, isles2024_file, isles2024_subject,
 )
 from pipeline.io import atomic_write_json, atomic_write_text, save_nifti_atomic
 from pipeline.metrics import dice_score
@@ -76,7 +79,12 @@ class SynthSummary:
         return float(np.mean(values)) if values else float("nan")
 
 
-_OWNED = (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV)
+# the layouts synth writes, and the folders and files each owns (an --overwrite removes them)
+SYNTHETIC_LAYOUTS = ("isles2018", "isles2024")
+_OWNED = {"isles2018": (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV),
+          "isles2024": (ISLES2024_RAW_FOLDERS[0], ISLES2024_DERIVATIVES, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV)}
+# ISLES 2024 channel files: the phantom's image of each (the NCCT is the CT; the maps lie on its grid already)
+_ISLES2024_IMAGES = {"ncct": "CT", "cbf": "CT_CBF", "cbv": "CT_CBV", "mtt": "CT_MTT", "tmax": "CT_Tmax"}
 _TABLE_COLUMNS = (
     "split", "case_id", "patient_id", "slab", "n_slices", "thickness_mm", "spacing_mm", "lesion_ml",
     "territory", "hemisphere", "cbf_scale", "cbv_scale",
@@ -127,6 +135,17 @@ def _csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     return buffer.getvalue()
 
 
+def _write_isles2024_case(root: Path, subject: str, split: str, slab: Any, affine: np.ndarray) -> list[Path]:
+    """One subject in the ISLES 2024 layout: the NCCT, the four maps on its grid, and the follow-up lesion mask
+    (under ``derivatives/`` for training, in ``TESTING_GROUND_TRUTH/`` for testing). Returns the files written."""
+    files = [save_nifti_atomic(_nifti(slab.images[image], affine), root / isles2024_file(subject, suffix))
+             for suffix, image in _ISLES2024_IMAGES.items()]
+    label = root / (isles2024_file(subject, ISLES2024_LABEL_SUFFIX) if split == "training"
+                    else Path(GROUND_TRUTH_FOLDER, case_file_name(subject)))
+    files.append(save_nifti_atomic(_nifti(slab.images["OT"], affine), label))
+    return files
+
+
 def write_synthetic_dataset(
     out: str | Path,
     cases: int,
@@ -135,8 +154,9 @@ def write_synthetic_dataset(
     overwrite: bool = False,
     phantom: str = DEFAULT_PHANTOM,
     acquisition: AcquisitionSettings | None = None,
+    layout: str = "isles2018",
 ) -> SynthSummary:
-    """Write a synthetic dataset in the ISLES 2018 layout.
+    """Write a synthetic dataset in the ISLES 2018 layout (or the ISLES 2024 one).
 
     Layout: ``OUT/TRAINING/case_N/SMIR.Brain.XX.O.<MOD>.<id>/SMIR.Brain.XX.O.<MOD>.<id>.nii`` for
     MOD in CT, CT_4DPWI, CT_CBF, CT_CBV, CT_MTT, CT_Tmax, OT (the OT folder also holds a JSON whose
@@ -144,6 +164,14 @@ def write_synthetic_dataset(
     labels in ``OUT/TESTING_GROUND_TRUTH/case_N/SMIR.Brain.XX.O.OT.<id>/`` with ``cases.csv``
     (case_id, ot_id, mtt_id, patient_id); ``OUT/synth_cases.csv``, the per-case table. SMIR ids are
     6-digit, unique over the dataset. The same seed writes byte-identical files.
+
+    ``layout="isles2024"`` writes the same phantoms, one slab per patient, as ISLES 2024 subjects
+    (``sub-stroke0001``, ..., test subjects numbered after the training ones): ``raw_data/<sub>/ses-01/
+    <sub>_ses-01_ncct.nii.gz`` (the phantom's CT), ``derivatives/<sub>/ses-01/perfusion-maps/
+    <sub>_ses-01_space-ncct_{cbf,cbv,mtt,tmax}.nii.gz`` and, for training subjects, ``derivatives/<sub>/ses-02/
+    <sub>_ses-02_lesion-msk.nii.gz``; the test subjects' masks go to ``TESTING_GROUND_TRUTH/<sub>.nii.gz`` (a
+    folder of case-id masks, as ``evaluate --truth`` reads it). The slabs stand in for the whole-brain NCCT of the
+    real data; the CTA and the 4D CTP are not written.
 
     The ``realistic`` phantom (the default) labels what a DWI after the CTP shows: the infarct grown
     into part of the penumbra (or, reperfused, shrunk), misregistered to the slab and drawn with a
@@ -162,16 +190,20 @@ def write_synthetic_dataset(
         phantom: ``"realistic"`` or ``"classic"`` (:data:`~pipeline.data.synthetic.acquisition.PHANTOMS`).
         acquisition: which mechanisms the realistic phantom applies (default: all); ignored by
             the classic phantom.
+        layout: ``"isles2018"`` or ``"isles2024"`` (:data:`SYNTHETIC_LAYOUTS`).
 
     Returns:
         A :class:`SynthSummary` of the files and cases written.
 
     Raises:
-        ValueError: ``cases`` < 1 or ``test_cases`` < 0, ``phantom`` is unknown, or the folder already
-            holds a dataset and ``overwrite`` is false.
+        ValueError: ``cases`` < 1 or ``test_cases`` < 0, ``phantom`` or ``layout`` is unknown, or the folder
+            already holds a dataset and ``overwrite`` is false.
     """
     if phantom not in PHANTOMS:
         raise ValueError(f"unknown phantom {phantom!r}; choose from {', '.join(PHANTOMS)}")
+    if layout not in SYNTHETIC_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; synth writes {', '.join(SYNTHETIC_LAYOUTS)}")
+    isles2024 = layout == "isles2024"
     realistic = phantom == "realistic"
     settings = (acquisition or AcquisitionSettings()) if realistic else None
     if cases < 1:
@@ -181,14 +213,14 @@ def write_synthetic_dataset(
     if test_cases < 0:
         raise ValueError(f"test_cases must be >= 0, got {test_cases}")
     root = Path(out)
-    existing = [name for name in (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER) if (root / name).exists()]
+    existing = [name for name in _OWNED[layout] if name != CASE_TABLE_CSV and (root / name).exists()]
     if existing and not overwrite:
         raise ValueError(
             f"{root} already contains {', '.join(n + '/' for n in existing)}; "
             "choose an empty folder or pass overwrite=True (--overwrite) to replace the synthetic dataset"
         )
     if overwrite:
-        for name in _OWNED:
+        for name in _OWNED[layout]:
             target = root / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -198,7 +230,8 @@ def write_synthetic_dataset(
 
     splits = (("training", TRAINING_FOLDER, "Train", cases), ("testing", TESTING_FOLDER, "Test", test_cases))
     plans = {
-        split: plan_patients(n, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, i))))
+        split: plan_patients(n, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, i))),
+                             two_slabs=not isles2024)
         for i, (split, _, _, n) in enumerate(splits)
     }
     n_folders = cases * len(MODALITIES) + test_cases * len(MODALITIES)
@@ -216,11 +249,15 @@ def write_synthetic_dataset(
             patient, slabs = render_patient(plan, patient_rng, settings, acquisition_seed)
             for slab_index, (slab_letter, slab) in enumerate(zip("AB", slabs)):
                 case_number += 1
-                case_id = isles2018_case_folder(case_number)
-                patient_id = f"{prefix}_{patient_number}"
                 affine = slab.geometry.affine
                 ids: dict[str, int] = {}
-                for modality in MODALITIES:
+                if isles2024:
+                    case_id = patient_id = isles2024_subject(case_number + (cases if split == "testing" else 0))
+                    files += _write_isles2024_case(root, case_id, split, slab, affine)
+                    modalities = ()
+                else:
+                    case_id, patient_id, modalities = isles2018_case_folder(case_number), f"{prefix}_{patient_number}", MODALITIES
+                for modality in modalities:
                     ids[modality] = next_id
                     next_id += 1
                     name = isles2018_folder_name(modality, ids[modality])
@@ -252,16 +289,16 @@ def write_synthetic_dataset(
                         "hemisphere": patient.hemisphere,
                         "cbf_scale": patient.cbf_scale,
                         "cbv_scale": patient.cbv_scale,
-                        **{f"smir_{m}": ids[m] for m in MODALITIES},
+                        **{f"smir_{m}": ids[m] for m in ids},
                         "threshold_dice": round(dice_score(prediction, slab.label), 4),
                         **(_acquisition_row(patient, slab_index) if realistic else {}),
                     }
                 )
-                if split == "testing":
+                if split == "testing" and not isles2024:
                     truth_rows.append(ground_truth_row(case_id, ids["OT"], ids["CT_MTT"], patient_id))
 
     ground_truth_csv = None
-    if test_cases:
+    if truth_rows:
         ground_truth_csv = atomic_write_text(
             root / GROUND_TRUTH_FOLDER / GROUND_TRUTH_CSV, _csv_text(truth_rows, GROUND_TRUTH_COLUMNS)
         )
