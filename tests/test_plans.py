@@ -397,3 +397,15 @@ def test_the_plans_depth_limit_is_the_networks():
     from pipeline.planning.plans import MAX_DEPTH as PLANS_MAX_DEPTH
 
     assert PLANS_MAX_DEPTH == NETWORK_MAX_DEPTH
+
+
+
+def test_the_cpu_budget_trains_128x128_crops_with_the_voxels_of_4_two_slice_slabs_per_step():
+    from pipeline.planning.cpu_budget import cpu_budget_plans
+
+    flat = {"strides": [[2, 2, 1]] * 5, "patch_size": [256, 256, 1], "batch_size": 3, "features": [32] * 6}
+    sized = cpu_budget_plans(flat)
+    assert (sized["patch_size"], sized["batch_size"]) == ([128, 128, 1], 8)
+    assert sized["features"] == [8, 16, 32, 64, 128, 128] and flat["batch_size"] == 3  # the input is left as it was
+    slab = cpu_budget_plans({**flat, "patch_size": [224, 224, 2]})
+    assert (slab["patch_size"], slab["batch_size"]) == ([128, 128, 2], 4)
