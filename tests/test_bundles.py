@@ -260,10 +260,10 @@ def test_train_resume_export_and_predict(bundle, datalist, tmp_path, capfd):
         ckpt_file=str(models / "model.pt"),
         meta_file=str(bundle / "configs" / "metadata.json"),
         config_file=[str(bundle / "configs" / "inference.json"), PROFILE],
-        **{"features": [4, 8, 8, 16, 16]},
+        **{"features": [4, 8, 8, 16, 16], "datalist": str(datalist)},  # its channels: the four maps and the CT
     )
     scripted = torch.jit.load(str(exported))
-    assert scripted(torch.zeros(1, 4, 32, 32, 2)).shape == (1, 2, 32, 32, 2)
+    assert scripted(torch.zeros(1, 5, 32, 32, 2)).shape == (1, 2, 32, 32, 2)
 
     predictions = tmp_path / "pred"
     assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--output", str(predictions),

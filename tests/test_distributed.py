@@ -57,11 +57,12 @@ def ddp_training(datalist, tmp_path_factory):
     return out, result
 
 
-def plain_network(bundle: Path) -> torch.nn.Module:
-    """The bundle's network as a single process builds it for inference (no DDP wrapper)."""
+def plain_network(bundle: Path, datalist: Path) -> torch.nn.Module:
+    """The bundle's network as a single process builds it for inference on ``datalist`` (no DDP wrapper)."""
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / "inference.json"), str(PROFILE)])
     parser["features"] = FEATURES
+    parser["datalist"] = str(datalist)
     return parser.get_parsed_content("network_def")
 
 
@@ -116,10 +117,10 @@ def test_each_rank_caches_only_its_share_of_the_training_cases(bundle, datalist,
 # --- torchrun -----------------------------------------------------------------------------------------
 
 
-def test_two_process_training_writes_a_checkpoint_that_loads_in_one_process(ddp_training):
+def test_two_process_training_writes_a_checkpoint_that_loads_in_one_process(ddp_training, datalist):
     out, result = ddp_training
     assert "2 training case(s) shared by 2 processes: [1, 1]" in result.stdout
-    network = plain_network(BUNDLES[0])
+    network = plain_network(BUNDLES[0], datalist)
     last = torch.load(out / "models" / "last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == last["trainer"]["epoch_length"] == 1  # one case per rank: one step
     best = torch.load(out / "models" / "model.pt", weights_only=True)

@@ -364,7 +364,7 @@ def test_an_exported_bundle_runs_and_verifies_without_the_project(synthetic_data
     assert list(metadata["changelog"])[0] == "0.1.1" and metadata["changelog"]["0.1.1"]
     inference = json.loads((out / "configs" / "inference.json").read_text())
     assert inference["features"] == TINY_FEATURES and inference["patch_size"] == [64, 64, 2]
-    assert inference["channels"] == ["CBF", "CBV", "MTT", "Tmax"] and inference["bundle_root"] == "."
+    assert inference["channels"] == ["CBF", "CBV", "MTT", "Tmax", "CT"] and inference["bundle_root"] == "."
     assert inference["modalities"]["CBF"]["normalization"]["method"] == "percentile"
     assert "pipeline." not in "".join(p.read_text() for p in (out / "configs").glob("*.json"))
     large = (out / "large_files.yml").read_text()

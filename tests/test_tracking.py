@@ -82,7 +82,7 @@ def test_a_tracked_run_logs_parameters_loss_dice_and_the_best_checkpoint(tracked
     params = run.data.params
     assert params["learning_rate"] == "0.001" and params["epochs"] == str(EPOCHS)
     assert params["patch_size"] == "[64, 64, 2]" and params["features"] == "[4, 8, 8, 16, 16]"
-    assert params["channels"] == "['CBF', 'CBV', 'MTT', 'Tmax']"
+    assert params["channels"] == "['CBF', 'CBV', 'MTT', 'Tmax', 'CT']"
     assert params["fold"] == "0" and params["network"] == "pipeline.networks.UNetPlusPlus"
     assert params["ckpt_dir"] == str(output / "models")
 

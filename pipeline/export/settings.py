@@ -98,7 +98,7 @@ def export_settings(
         plans: the plans the network was trained with (default: ``trained_plans.json`` beside the checkpoint,
             when there is one).
         channels: the channels the network was trained with (default: those of ``datalist``, else of the plans,
-            else of the profile).
+            else the profile's ``default_channels``).
         datalist: the datalist the network was trained with (its ``channels`` and ``profile``).
         profile: the dataset profile (default: the one the datalist or plans name, else ISLES 2018).
         overrides: ``KEY=VALUE`` config overrides (``--set``), applied last.
@@ -128,7 +128,7 @@ def export_settings(
     elif plans_content.get("channels"):
         chosen, source = list(plans_content["channels"]), f"the plans {plans_path}"
     else:
-        chosen, source = list(profile_content.get("channels") or []), f"the dataset profile {profile_file}"
+        chosen, source = list(profile_content.get("default_channels") or []), f"the dataset profile {profile_file}"
 
     settings: list[tuple[str, Any]] = list(profile_content.items())
     settings.append(("channels", chosen))

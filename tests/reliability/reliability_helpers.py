@@ -11,8 +11,9 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "isles_unetplusplus"
 TINY_FEATURES = [4, 4, 8, 8, 16]
 
 
-def tiny_network(in_channels: int = 4, features=TINY_FEATURES) -> UNetPlusPlus:
-    """The bundle's default UNet++ (strides, kernels) at tiny widths, as ``--set features=...`` builds it."""
+def tiny_network(in_channels: int = 5, features=TINY_FEATURES) -> UNetPlusPlus:
+    """The bundle's default UNet++ (strides, kernels) at tiny widths, as ``--set features=...`` builds it, for the
+    five channels ``prepare`` stacks from the synthetic data (CBF, CBV, MTT, Tmax and the CT)."""
     return UNetPlusPlus(spatial_dims=3, in_channels=in_channels, out_channels=2, strides=[[2, 2, 1]] * 4,
                         kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
                         features=list(features), norm="instance", deep_supervision=True)

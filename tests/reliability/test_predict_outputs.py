@@ -157,7 +157,7 @@ def test_a_truncated_checkpoint_is_refused_before_inference(small_dataset, tmp_p
 
 @pytest.mark.parametrize("kind", ["channels", "widths"])
 def test_a_checkpoint_of_another_network_is_refused_before_inference(small_dataset, tmp_path, kind, capfd):
-    network = tiny_network(in_channels=5) if kind == "channels" else tiny_network(features=[8, 8, 16, 16, 32])
+    network = tiny_network(in_channels=4) if kind == "channels" else tiny_network(features=[8, 8, 16, 16, 32])
     checkpoint = tmp_path / "other.pt"
     torch.save({"model": network.state_dict()}, checkpoint)
     out = tmp_path / "pred"
@@ -166,7 +166,7 @@ def test_a_checkpoint_of_another_network_is_refused_before_inference(small_datas
     assert main(args) == 2
     err = capfd.readouterr().err
     assert str(checkpoint) in err
-    assert ("5 input channel(s)" in err and "4" in err) if kind == "channels" else "another shape" in err
+    assert ("4 input channel(s)" in err and "5" in err) if kind == "channels" else "another shape" in err
     assert files_under(out) == []
 
 
