@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -148,6 +149,21 @@ def test_a_bad_case_is_listed_and_the_others_are_written(dataset, tmp_path, caps
     before = (out / "case_1.nii.gz").stat().st_mtime_ns
     assert predict(dataset, "--input", str(data), "--output", str(out)) == 2
     assert (out / "case_1.nii.gz").stat().st_mtime_ns == before
+
+
+def test_the_manifest_times_each_stage_of_each_case(dataset, tmp_path, capsys):
+    from pipeline.manifest import read_manifest
+
+    out = tmp_path / "pred"
+    started = time.perf_counter()
+    assert predict(dataset, "--input", str(dataset / "datalist.json"), "--output", str(out)) == 0
+    elapsed = time.perf_counter() - started
+    entries = read_manifest(out)
+    assert len(entries) == 3
+    for entry in entries:
+        stages = [float(entry.load_s), float(entry.network_s), float(entry.postprocess_s)]
+        assert all(s > 0 for s in stages) and sum(stages) < elapsed
+    assert "predict: seconds per case: loading and preprocessing" in capsys.readouterr().out
 
 
 def test_a_folder_is_predicted_with_the_channels_the_model_was_trained_on(dataset, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
 from pipeline.distributed import torchrun_command
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError
-from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest
+from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest, stage_summary
 from pipeline.predict.checkpoint import check_checkpoint, configured_network
 from pipeline.predict.models import BEST_MODEL, resolve_checkpoints
 from pipeline.predict.names import OUTPUT_FORMATS, planned_output_names
@@ -214,6 +214,9 @@ def run_predict(args) -> int:
     written = [e for e in manifest if e.status == WRITTEN]
     failed = [e for e in manifest if e.status == FAILED]
     print(f"predict: wrote {len(written)} prediction(s) to {output_dir} (manifest: {output_dir / MANIFEST_NAME})")
+    stages = stage_summary(manifest)
+    if stages:
+        print(f"predict: seconds per case: {stages}")
     if failed:
         print(f"predict: {len(failed)} case(s) failed (table: {output_dir / FAILURES_NAME}):", file=sys.stderr)
         for entry in failed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents
 from monai.transforms import apply_transform
 
 from pipeline.distributed import is_distributed
@@ -103,6 +105,9 @@ class ResilientEvaluator(SupervisedEvaluator):
         run_id: the run's id in the manifest (default: a fresh one).
         path_key: the output key under which the writer (:class:`pipeline.predict.SavePredictiond`) leaves the
             written file's path.
+
+    Each written case's seconds per stage (loading and preprocessing, the inferer, post-processing and writing) are
+    kept in :attr:`stage_seconds` and written to the manifest (:data:`pipeline.manifest.STAGE_COLUMNS`).
     """
 
     def __init__(
@@ -129,12 +134,27 @@ class ResilientEvaluator(SupervisedEvaluator):
         self.path_key = path_key
         self.case_key = case_key
         self._gathered = False
+        self._clock: dict[str, float] = {}
         self.add_event_handler(Events.STARTED, self._reset)
         self.add_event_handler(Events.COMPLETED, self._write_failures)
+        self.add_event_handler(Events.GET_BATCH_STARTED, self._mark, "load_started")
+        self.add_event_handler(Events.GET_BATCH_COMPLETED, self._mark, "loaded")
+        self.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._mark, "inferred")
 
     def _reset(self, engine) -> None:
         self.failures, self.succeeded, self.written = [], [], []
         self._gathered = False
+
+    def _mark(self, engine, name: str) -> None:
+        self._clock[name] = time.perf_counter()
+
+    def _stage_seconds(self, done: float) -> dict[str, str]:
+        """The stage times of the iteration that just ended, as manifest text (empty when a mark is missing)."""
+        marks = [self._clock.get(k) for k in ("load_started", "loaded", "inferred")] + [done]
+        if any(m is None for m in marks) or not marks[0] <= marks[1] <= marks[2] <= marks[3]:
+            return {}
+        return {column: f"{end - start:.3f}" for column, start, end in
+                zip(("load_s", "network_s", "postprocess_s"), marks[:-1], marks[1:])}
 
     def _case_ids(self, batchdata: Mapping) -> list[str]:
         ids = batchdata.get(self.case_key, []) if isinstance(batchdata, Mapping) else []
@@ -148,6 +168,7 @@ class ResilientEvaluator(SupervisedEvaluator):
                 self.failures.append({"case_id": case_id, "error": str(error)})
             engine.state.output = {}
             return {}
+        self._clock.pop("inferred", None)
         try:
             output = super()._iteration(engine, batchdata)
         except Exception as err:  # noqa: BLE001 - one case's failure must not stop the batch
@@ -155,12 +176,14 @@ class ResilientEvaluator(SupervisedEvaluator):
             self.failures.extend({"case_id": c, "error": message} for c in case_ids or ["?"])
             engine.state.output = {}
             return {}
+        stages = self._stage_seconds(time.perf_counter()) if len(case_ids) == 1 else {}
         self.succeeded.extend(case_ids)
         items = output if isinstance(output, (list, tuple)) else [output]
         paths = [item.get(self.path_key) for item in items if isinstance(item, Mapping)]
         for case_id, path in zip(case_ids, paths):
             if path:
-                self.written.append({"case_id": case_id, "file": Path(str(path)).name, "written_at": utc_now()})
+                self.written.append({"case_id": case_id, "file": Path(str(path)).name, "written_at": utc_now(),
+                                     **stages})
         return output
 
     def failures_csv(self) -> str:
@@ -174,7 +197,9 @@ class ResilientEvaluator(SupervisedEvaluator):
     def manifest_entries(self) -> list[ManifestEntry]:
         """The manifest rows of the run so far: every written case and every failed case."""
         sha = ";".join(file_sha256(p) for p in self.checkpoints)
-        rows = [ManifestEntry(self.run_id, w["case_id"], w["file"], WRITTEN, self.checkpoint, sha, w["written_at"])
+        rows = [ManifestEntry(self.run_id, w["case_id"], w["file"], WRITTEN, self.checkpoint, sha, w["written_at"],
+                              load_s=w.get("load_s", ""), network_s=w.get("network_s", ""),
+                              postprocess_s=w.get("postprocess_s", ""))
                 for w in self.written]
         rows += [ManifestEntry(self.run_id, f["case_id"], "", FAILED, self.checkpoint, sha, utc_now(), f["error"])
                  for f in self.failures]
