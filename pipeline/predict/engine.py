@@ -28,7 +28,9 @@ from monai.transforms import apply_transform
 from pipeline.distributed import is_distributed
 from pipeline.errors import CaseError, root_cause
 from pipeline.io import atomic_write_text
-from pipeline.manifest import FAILED, WRITTEN, ManifestEntry, file_sha256, new_run_id, utc_now, write_manifest
+from pipeline.manifest import (
+    FAILED, STAGE_COLUMNS, WRITTEN, ManifestEntry, file_sha256, new_run_id, utc_now, write_manifest,
+)
 
 __all__ = ["ERROR_KEY", "CaseFailuresError", "ResilientDataset", "ResilientEvaluator", "describe_failure"]
 
@@ -107,7 +109,7 @@ class ResilientEvaluator(SupervisedEvaluator):
             written file's path.
 
     Each written case's seconds per stage (loading and preprocessing, the inferer, post-processing and writing) are
-    kept in :attr:`stage_seconds` and written to the manifest (:data:`pipeline.manifest.STAGE_COLUMNS`).
+    kept with it in :attr:`written` and go to the manifest (:data:`pipeline.manifest.STAGE_COLUMNS`).
     """
 
     def __init__(
@@ -153,8 +155,7 @@ class ResilientEvaluator(SupervisedEvaluator):
         marks = [self._clock.get(k) for k in ("load_started", "loaded", "inferred")] + [done]
         if any(m is None for m in marks) or not marks[0] <= marks[1] <= marks[2] <= marks[3]:
             return {}
-        return {column: f"{end - start:.3f}" for column, start, end in
-                zip(("load_s", "network_s", "postprocess_s"), marks[:-1], marks[1:])}
+        return {column: f"{end - start:.3f}" for column, start, end in zip(STAGE_COLUMNS, marks[:-1], marks[1:])}
 
     def _case_ids(self, batchdata: Mapping) -> list[str]:
         ids = batchdata.get(self.case_key, []) if isinstance(batchdata, Mapping) else []
@@ -198,8 +199,7 @@ class ResilientEvaluator(SupervisedEvaluator):
         """The manifest rows of the run so far: every written case and every failed case."""
         sha = ";".join(file_sha256(p) for p in self.checkpoints)
         rows = [ManifestEntry(self.run_id, w["case_id"], w["file"], WRITTEN, self.checkpoint, sha, w["written_at"],
-                              load_s=w.get("load_s", ""), network_s=w.get("network_s", ""),
-                              postprocess_s=w.get("postprocess_s", ""))
+                              **{column: w.get(column, "") for column in STAGE_COLUMNS})
                 for w in self.written]
         rows += [ManifestEntry(self.run_id, f["case_id"], "", FAILED, self.checkpoint, sha, utc_now(), f["error"])
                  for f in self.failures]
