@@ -209,3 +209,18 @@ def test_isles2022_prediction_lies_on_the_dwi_grid_with_flair_resampled(tmp_path
     written = nib.load(out / "sub-strokecase0001_ses-0001_msk.nii.gz")
     assert written.shape == (20, 18, 12) and written.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(written.affine, dwi_affine)
+
+
+def test_a_folder_without_the_models_channels_is_refused_naming_the_folder_and_the_channels(dataset, tmp_path, capsys):
+    from pipeline.planning.plans import load_plans, write_plans
+
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    write_plans({**load_plans(dataset / "plans.json"), "channels": ["DWI", "ADC"]}, models / "trained_plans.json")
+    torch.save({"model": {}}, models / "last.pt")
+    out = tmp_path / "pred"
+    status = main(["predict", "--bundle", str(BUNDLE), "--model", str(tmp_path / "run"), "--input",
+                   str(dataset / "data"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and not out.exists() and "Traceback" not in err
+    assert str(dataset / "data") in err and "trained on the channels DWI, ADC" in err

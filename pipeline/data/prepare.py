@@ -257,7 +257,7 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
 
     Raises:
         LayoutError, CaseError: from the layout readers, or a case without a channel.
-        ValueError: the folder has no case of ``split``.
+        ValueError: the folder has no case of ``split``, or ``channels`` names a modality its profile does not know.
     """
     found_layout, profile, records = discover_cases(folder, layout)
     records = [r for r in records if r.split == split]
@@ -265,7 +265,14 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
         raise ValueError(f"{folder}: no {split} cases found (choose the split with --split)")
     for record in records:
         record.split = "testing"
-    profile = profile.with_channels(channels) if channels else _with_optional_channels(profile, records, lambda _: None)
+    if not channels:
+        profile = _with_optional_channels(profile, records, lambda _: None)
+    else:
+        try:
+            profile = profile.with_channels(channels)
+        except ValueError as err:
+            raise ValueError(f"{folder}: the model was trained on the channels {', '.join(channels)}, which this "
+                             f"dataset cannot give ({err}); predict it with a model trained on its own channels") from None
     records, _ = select_channels(records, profile, skip_incomplete=False)
     out = work_dir / "datalist.json"
     datalist = build_datalist(records, profile, found_layout, folder, out, n_folds=1, seed=0)
