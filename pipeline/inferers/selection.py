@@ -16,6 +16,8 @@ from pipeline.inferers.tiling import DEFAULT_MAX_TILE_VOXELS
 from pipeline.inferers.tta import FlipTTAInferer, default_tta_flips
 from pipeline.inferers.window_budget import WindowBudgetInferer
 from pipeline.precision import AutocastInferer, amp_dtype
+from pipeline.runtimes.choice import resolve_runtime
+from pipeline.runtimes.inferer import RuntimeInferer
 
 __all__ = ["segmentation_inferer"]
 
@@ -30,6 +32,8 @@ def segmentation_inferer(
     max_tile_voxels: int | None = DEFAULT_MAX_TILE_VOXELS,
     tta: bool = False,
     tta_flips: Sequence[Sequence[int]] | None = None,
+    runtime: str | None = "torch",
+    runtime_cache_dir: str | None = None,
 ) -> Inferer:
     """The inferer the bundles validate and predict with, chosen by what the network's output depends on.
 
@@ -47,6 +51,9 @@ def segmentation_inferer(
       chosen inferer: each member predicts the whole input, and their probabilities are averaged.
     - ``amp`` runs either under autocast (:class:`pipeline.precision.AutocastInferer`: bf16 on CPUs and recent GPUs,
       fp16 on older GPUs), outputs in float32.
+    - ``runtime`` other than ``torch`` runs the network exported to ONNX in that runtime
+      (:class:`pipeline.runtimes.RuntimeInferer` in place of autocast; ``amp`` then lets OpenVINO compute in
+      bfloat16), behind the same windows and blending.
 
     Args:
         network: the network that will run (it is inspected, not called).
@@ -59,15 +66,20 @@ def segmentation_inferer(
         max_tile_voxels: the bound on one grown tile's network input (see :class:`OverlapTileInferer`).
         tta: mirror test-time augmentation.
         tta_flips: the flip sets of ``tta`` (default: from the network's strides).
+        runtime: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"``, or ``"auto"``/None for the measured
+            default of the device (:func:`pipeline.runtimes.resolve_runtime`; a runtime that is not installed falls
+            back to torch with a warning).
+        runtime_cache_dir: where exported networks are kept (:func:`pipeline.runtimes.runtime_cache_dir`).
 
     Returns:
-        An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``);
+        An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``), or a
+        :class:`pipeline.runtimes.RuntimeInferer` for another runtime;
         for an ensemble, an :class:`EnsembleInferer` around that; with ``tta``, a
         :class:`~pipeline.inferers.tta.FlipTTAInferer` around that. The output of both is the log of the mean
         probabilities (a config's softmax after it gives the mean probabilities).
 
     Raises:
-        ValueError: on a ``roi_size`` entry of 0 or below -1.
+        ValueError: on a ``roi_size`` entry of 0 or below -1, or an unknown runtime.
     """
     roi = list(checked_roi_size(roi_size))
     if tile_independent(network) and size_divisor_of(network, len(roi)) is not None:
@@ -79,7 +91,12 @@ def segmentation_inferer(
     else:
         inner = SlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap, mode="gaussian")
     device = torch.device(device)
-    chosen: Inferer = AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
+    runtime = resolve_runtime(runtime, device)
+    chosen: Inferer
+    if runtime == "torch":
+        chosen = AutocastInferer(inner, device.type, amp_dtype(device), enabled=bool(amp))
+    else:
+        chosen = RuntimeInferer(inner, runtime, runtime_cache_dir, reduced_precision=bool(amp))
     if isinstance(network, MeanEnsemble):
         chosen = EnsembleInferer(chosen)
     if tta:

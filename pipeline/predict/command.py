@@ -177,6 +177,8 @@ def run_predict(args) -> int:
             settings.append(("strict_channels", True))
         if getattr(args, "tta", False):
             settings.append(("tta", True))
+        if getattr(args, "runtime", "auto") != "auto":
+            settings.append(("runtime", args.runtime))
         settings += network_settings(checkpoints, args.plans)
         post, post_line = postprocessing_settings(args, checkpoints)
         settings += post

@@ -127,6 +127,7 @@ def test_predicted_mask_lies_on_the_lesion_side(tmp_path, quirk_on):
         "bundle_root": str(BUNDLE), "datalist": str(datalist), "output_dir": str(output), "ckpt_path": str(checkpoint),
         "device": "$torch.device('cpu')", "amp": False, "patch_size": [32, 24, 2], "strides": [[2, 2, 1], [2, 2, 1]],
         "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 1]], "features": [4, 4, 4],
+        "runtime": "torch",  # the probe records what its forward sees: it must run, not an export of it
     })
     parser["network_def"] = TmaxThreshold()
     with warnings.catch_warnings():

@@ -1,0 +1,79 @@
+"""Which runtime executes the network at inference: the names, whether each is installed, and the default."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from monai.utils import optional_import
+
+from pipeline.precision import low_precision_pays_off
+
+__all__ = ["AUTO", "RUNTIMES", "default_runtime", "resolve_runtime", "runtime_available"]
+
+# torch: eager PyTorch (autocast with ``amp``); the others run the network exported to ONNX.
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+AUTO = "auto"
+# the package each runtime needs (beside torch), as the ``runtimes`` extra installs it
+_PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+_EXTRA_HINT = "pip install 'isles-unet-pipeline[runtimes]'"
+
+
+def runtime_available(runtime: str) -> bool:
+    """Whether the packages ``runtime`` needs can be imported (``torch`` always can).
+
+    Raises:
+        ValueError: an unknown runtime name.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)} or {AUTO!r}")
+    return all(optional_import(name)[1] for name in _PACKAGES.get(runtime, ()))
+
+
+def default_runtime(device: str | torch.device = "cpu") -> str:
+    """The runtime inference uses when none is asked for, chosen by measurement (``benchmarks/results.md``):
+
+    - a CPU without native bfloat16 (AVX2, plain AVX-512): ``openvino`` in float32 when it is installed, faster
+      than eager float32 PyTorch on the same windows and within float32 rounding of it;
+    - a CPU with native bfloat16 (AVX512-BF16, AMX): ``torch``, whose bfloat16 autocast (the bundles' ``amp``
+      default there) is faster than OpenVINO in float32 and keeps Dice within 0.01;
+    - a GPU or any other device: ``torch``.
+
+    Args:
+        device: where the network runs.
+
+    Returns:
+        One of :data:`RUNTIMES`; ``torch`` when the measured choice is not installed.
+    """
+    device = torch.device(device)
+    if device.type == "cpu" and not low_precision_pays_off(device) and runtime_available("openvino"):
+        return "openvino"
+    return "torch"
+
+
+def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> str:
+    """The runtime a run uses for the name a user or config gave.
+
+    Args:
+        runtime: one of :data:`RUNTIMES`, ``"auto"`` or None (both: :func:`default_runtime`).
+        device: where the network runs. The ONNX runtimes run on the CPU here; on any other device they give
+            way to ``torch``.
+
+    Returns:
+        One of :data:`RUNTIMES`. A runtime whose package is missing, or a CPU runtime asked for on a GPU, falls
+        back to ``torch`` with a warning that says so.
+
+    Raises:
+        ValueError: an unknown runtime name.
+    """
+    if runtime is None or runtime == AUTO:
+        return default_runtime(device)
+    if not runtime_available(runtime):
+        warnings.warn(f"runtime {runtime!r} is not installed ({_EXTRA_HINT}): the network runs in torch instead",
+                      stacklevel=2)
+        return "torch"
+    if runtime != "torch" and torch.device(device).type != "cpu":
+        warnings.warn(f"runtime {runtime!r} runs the network on the CPU here, but the device is {device}: the "
+                      "network runs in torch on that device instead", stacklevel=2)
+        return "torch"
+    return runtime

@@ -1,0 +1,167 @@
+"""A network run by an ONNX runtime behind the interface of the torch module it was exported from."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from pipeline.runtimes.backends import load_runtime_model
+from pipeline.runtimes.onnx_export import export_onnx, onnx_file_name, weights_digest
+
+__all__ = ["CompiledNetwork"]
+
+logger = logging.getLogger(__name__)
+
+# how close the runtime's first output must be to torch's on the same window (logits): float32 rounding, with room
+# for a different order of summation; reduced precision is checked by the classes it predicts instead
+FLOAT32_TOLERANCE = 1e-3
+REDUCED_PRECISION_AGREEMENT = 0.99
+
+
+class CompiledNetwork(nn.Module):
+    """``network`` exported to ONNX and run by ``runtime``: a module whose forward gives the network's output
+    (tensor in, tensor out), so an inferer, a forward hook or a timer treats it as the network itself.
+
+    Attributes the inferers read (``size_divisor``, ``strides``, ``margin``, ...) are the network's. For each new
+    input shape (channels and spatial size; the batch axis is dynamic) the network is exported once
+    (:func:`pipeline.runtimes.onnx_export.export_onnx`) into ``cache_dir`` under a name keyed by its weights,
+    so later runs load the file instead. Every loaded model is first checked against the torch module on a
+    random window of its shape. The weights are read again whenever they change in place (a checkpoint loaded
+    after this object was made).
+
+    A cached file that cannot be loaded or fails the check is exported again. Whatever fails after that (the
+    export, loading, the check) is stated in a warning, and the network then runs in torch: the result is
+    always the module's.
+
+    Args:
+        network: the torch module (eval mode at call time; one tensor out).
+        runtime: ``"onnxruntime"`` or ``"openvino"``.
+        cache_dir: where ONNX files are kept; None, or a folder that cannot be written: a temporary folder for
+            this process.
+        reduced_precision: let the runtime compute in bfloat16 where the CPU has it (OpenVINO only).
+    """
+
+    def __init__(self, network: nn.Module, runtime: str, cache_dir: str | Path | None = None,
+                 reduced_precision: bool = False) -> None:
+        super().__init__()
+        self.network = network
+        self.runtime = runtime
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.reduced_precision = bool(reduced_precision)
+        self._models: dict[tuple[int, ...], Any] = {}
+        self._weights_version: tuple | None = None
+        self._digest = ""
+        self._fallback_reason: str | None = None
+        self._temporary: tempfile.TemporaryDirectory | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names this module lacks: the inferers' questions go to the network
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "network":
+                raise
+            return getattr(self._modules["network"], name)
+
+    def _weights_changed(self) -> bool:
+        tensors = itertools.chain(self.network.parameters(), self.network.buffers())
+        version = tuple((id(t), t._version) for t in tensors)  # _version counts in-place writes (load_state_dict)
+        if version == self._weights_version:
+            return False
+        self._weights_version = version
+        return True
+
+    def _writable_cache(self) -> Path:
+        if self.cache_dir is not None:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=self.cache_dir):
+                    return self.cache_dir
+            except OSError as error:
+                logger.warning("cannot write the compiled-network cache %s (%s): exporting to a temporary folder",
+                               self.cache_dir, error)
+                self.cache_dir = None
+        if self._temporary is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="pipeline-compiled-")
+        return Path(self._temporary.name)
+
+    def _load(self, sample: torch.Tensor) -> Any:
+        """The runtime's model for inputs shaped like ``sample``, checked: from the cache, else exported."""
+        folder = self._writable_cache()
+        key = tuple(sample.shape[1:])
+        path = folder / onnx_file_name(self._digest, key)
+        cache = folder / "openvino" if self.runtime == "openvino" else None
+        if path.is_file():
+            try:
+                model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
+                self._check(model, key)
+                return model
+            except Exception as error:  # a damaged or foreign file: export it again
+                logger.warning("re-exporting %s: %s", path, error)
+        export_onnx(self.network, sample, path)
+        logger.info("network exported to %s for %s", path, self.runtime)
+        model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
+        self._check(model, key)
+        return model
+
+    def _check(self, model: Any, sample_shape: tuple[int, ...]) -> None:
+        # on a fixed random window rather than the data: on a constant window (background) instance norm divides
+        # rounding noise by sqrt(eps), and any two runtimes, or two torch builds, disagree there by design
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn((1, *sample_shape), generator=generator)
+        with torch.no_grad():
+            expected = self.network(probe.to(self._device())).float().cpu()
+        got = torch.from_numpy(np.ascontiguousarray(model(probe.numpy())))
+        if got.shape != expected.shape:
+            raise ValueError(f"{self.runtime} gives an output of shape {tuple(got.shape)}, torch {tuple(expected.shape)}")
+        if self.reduced_precision:
+            agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+            if agreement < REDUCED_PRECISION_AGREEMENT:
+                raise ValueError(f"{self.runtime} in reduced precision agrees with torch on {agreement:.1%} of "
+                                 "the voxels of a test window")
+        elif not torch.allclose(got, expected, rtol=FLOAT32_TOLERANCE, atol=FLOAT32_TOLERANCE):
+            difference = (got - expected).abs().max().item()
+            raise ValueError(f"{self.runtime} differs from torch by up to {difference:.3g} on a test window")
+
+    def _device(self) -> torch.device:
+        first = next(itertools.chain(self.network.parameters(), self.network.buffers()), None)
+        return first.device if first is not None else torch.device("cpu")
+
+    def _fall_back(self, reason: str) -> None:
+        self._fallback_reason = reason
+        self._models.clear()
+        warnings.warn(f"runtime {self.runtime!r}: {reason}; the network runs in torch instead", stacklevel=3)
+
+    def forward(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The network's output for ``inputs`` (N, C, *spatial) on their device, float32.
+
+        Extra arguments are passed to the torch module, which then runs itself.
+        """
+        if self._weights_changed():
+            self._digest = weights_digest(self.network)
+            self._models.clear()
+            self._fallback_reason = None
+        if args or kwargs or self._fallback_reason is not None:
+            return self.network(inputs, *args, **kwargs)
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        key = tuple(plain.shape[1:])
+        model = self._models.get(key)
+        if model is None:
+            try:
+                model = self._load(plain)
+            except Exception as error:
+                self._fall_back(f"the network could not be exported, loaded or checked ({type(error).__name__}: "
+                                f"{error})")
+                return self.network(inputs)
+            self._models[key] = model
+        array = plain.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(np.ascontiguousarray(model(array))).to(plain.device)

@@ -1,0 +1,95 @@
+"""The network as an ONNX file: exported with MONAI's ``convert_to_onnx``, cached on disk by what it depends on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CACHE_ENV", "ONNX_OPSET", "RUNTIME_CACHE_FOLDER", "export_onnx", "onnx_file_name", "runtime_cache_dir",
+           "weights_digest"]
+
+ONNX_OPSET = 17
+RUNTIME_CACHE_FOLDER = "compiled"
+# the environment variable that moves the cache (runtime_cache_dir)
+CACHE_ENV = "PIPELINE_CACHE_DIR"
+
+
+def weights_digest(network: nn.Module) -> str:
+    """A SHA-256 of the network's class and state dict (names, dtypes, shapes and values): it changes whenever
+    the weights or the architecture do, whatever checkpoint file they came from."""
+    digest = hashlib.sha256(type(network).__qualname__.encode())
+    for name, value in network.state_dict().items():
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def onnx_file_name(digest: str, sample_shape: Sequence[int]) -> str:
+    """The cache file name of a network's ONNX export for inputs of ``sample_shape`` (channels and spatial size;
+    the batch axis is dynamic): keyed by the weights, the shape, the opset and the exporting torch version."""
+    shape = "x".join(str(int(s)) for s in sample_shape)
+    torch_version = torch.__version__.split("+")[0]
+    return f"{digest[:24]}-{shape}-opset{ONNX_OPSET}-torch{torch_version}.onnx"
+
+
+def runtime_cache_dir() -> str:
+    """Where exported networks are kept between runs: ``$PIPELINE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/isles-pipeline/compiled``, else ``~/.cache/isles-pipeline/compiled``.
+
+    Not beside the checkpoint: ``predict`` writes nothing outside ``--output`` but this cache, and model folders
+    are often shared or read-only. The file names carry the weights' digest, so one cache serves every model.
+    A folder that cannot be written gives way to a temporary one for the run (:class:`CompiledNetwork`).
+    """
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return str(Path(chosen).expanduser())
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base).expanduser() / "isles-pipeline" / RUNTIME_CACHE_FOLDER)
+
+
+def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path) -> Path:
+    """Export ``network`` to ONNX at ``path`` for inputs shaped like ``sample`` with a dynamic batch axis.
+
+    The file is written to a temporary name in the same folder and renamed into place, so a reader never sees
+    a partial file and two processes exporting the same network do not collide.
+
+    Args:
+        network: the network in eval mode (one tensor out).
+        sample: an input (N, C, *spatial) on the network's device; its values do not matter.
+        path: the ONNX file to write.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: the folder cannot be written.
+        RuntimeError: the exporter cannot express the network (its own message).
+    """
+    from monai.networks.utils import convert_to_onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shapes taken as constants: the shape is fixed here
+            # the TorchScript exporter: the dynamo one takes several times longer for these networks, same graph
+            convert_to_onnx(network.eval(), [sample], input_names=["input"], output_names=["output"],
+                            opset_version=ONNX_OPSET, dynamic_axes=axes, filename=partial, verify=False,
+                            use_trace=True, dynamo=False)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would hide the cache from the other users of a shared model folder
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return path
