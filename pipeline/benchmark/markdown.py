@@ -46,6 +46,10 @@ METHOD_NAMES = {
     "grown": "`OverlapTileInferer(roi_size, max_tile_voxels=2**21)`, grown tiles, float32",
     "whole": "one whole-volume network pass, float32",
     "default_ours": "ours, bundle-default UNet++",
+    "runtime_torch": "the bundles' inferer, network in torch (autocast as `amp`)",
+    "runtime_onnxruntime": "the bundles' inferer, network in ONNX Runtime (float32)",
+    "runtime_openvino": "the bundles' inferer, network in OpenVINO (float32 unless `amp`)",
+    "nnunet": "nnU-Net's predictor settings: MONAI windows (step 0.5, gaussian), one at a time, mirroring TTA, float32",
 }
 
 

@@ -4,6 +4,7 @@ pruned levels of a UNet++."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,41 +27,71 @@ def _softmax(y: torch.Tensor) -> torch.Tensor:
     return torch.softmax(y, dim=1)
 
 
-def bundle_inferer(network: nn.Module, roi: Sequence[int], device: torch.device):
-    """The inferer the bundles' ``inference.json`` builds for ``network`` on ``device`` (``amp`` at its default)."""
+def bundle_inferer(network: nn.Module, roi: Sequence[int], device: torch.device, runtime: str = "auto",
+                   cache_dir: str | None = None):
+    """The inferer the bundles' ``inference.json`` builds for ``network`` on ``device`` (``amp`` and ``runtime``
+    at their defaults), or with another ``runtime``; exported networks go to ``cache_dir`` (None: a temporary one)."""
     from pipeline.inferers import segmentation_inferer
     from pipeline.precision import low_precision_pays_off
 
-    return segmentation_inferer(network, list(roi), device, amp=low_precision_pays_off(device))
+    return segmentation_inferer(network, list(roi), device, amp=low_precision_pays_off(device), runtime=runtime,
+                                runtime_cache_dir=cache_dir)
 
 
 def describe_inferer(inferer: Any) -> str:
     """A short description of what :func:`bundle_inferer` chose, for the tables."""
     from monai.inferers import SlidingWindowInferer
 
+    from pipeline.runtimes import RuntimeInferer
+
     inner = getattr(inferer, "inferer", inferer)
     kind = ("MONAI windows of roi_size (overlap 0.5, gaussian)" if isinstance(inner, SlidingWindowInferer)
             else "`OverlapTileInferer`, grown tiles")
+    if isinstance(inferer, RuntimeInferer):
+        precision = "bfloat16 allowed" if inferer.reduced_precision else "float32"
+        return f"{kind}, the network in {inferer.runtime} ({precision})"
     if getattr(inferer, "enabled", False):
         return f"{kind}, {str(inferer.dtype).replace('torch.', '')} autocast"
     return f"{kind}, float32"
 
 
+def _timed_network(inferer: Any, network: nn.Module) -> nn.Module:
+    """The module whose forward calls are the network's time under ``inferer``: the network itself, or the
+    :class:`pipeline.runtimes.CompiledNetwork` that a runtime's inferer runs in its place."""
+    from pipeline.runtimes import RuntimeInferer
+
+    return inferer.compiled(network) if isinstance(inferer, RuntimeInferer) else network
+
+
 def _inference_methods(
-    network: nn.Module, x: torch.Tensor, roi: Sequence[int], patch: Sequence[int] | None = None
+    network: nn.Module, x: torch.Tensor, roi: Sequence[int], patch: Sequence[int] | None = None,
+    runtimes: bool = False, cache_dir: str | None = None, ours: Any = None,
 ) -> dict[str, tuple[nn.Module, Callable]]:
-    """The methods compared per case: name -> (network, a call from tensor in to probabilities out)."""
+    """The methods compared per case: name -> (network, a call from tensor in to probabilities out); with
+    ``runtimes``, also the bundles' inferer in each installed runtime and nnU-Net's predictor settings. ``ours``:
+    the bundles' inferer, built once by the caller for several inputs (None: built here)."""
     from monai.inferers import SlidingWindowInferer
 
-    from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, OverlapTileInferer
+    from pipeline.inferers import DEFAULT_MAX_TILE_VOXELS, FlipTTAInferer, OverlapTileInferer, default_tta_flips
+    from pipeline.runtimes import RUNTIMES, runtime_available
 
-    ours = bundle_inferer(network, roi, x.device)
+    ours = ours if ours is not None else bundle_inferer(network, roi, x.device, cache_dir=cache_dir)
     grown = OverlapTileInferer(roi_size=list(roi), max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
     monai_default = SlidingWindowInferer(roi_size=list(roi), overlap=0.5, mode="gaussian")
     methods = {
-        "ours": (network, lambda: _softmax(ours(x, network))),
+        "ours": (_timed_network(ours, network), lambda: _softmax(ours(x, network))),
         "monai": (network, lambda: _softmax(monai_default(x, network))),
     }
+    if runtimes:
+        for runtime in RUNTIMES:
+            if runtime_available(runtime) and x.device.type == "cpu":
+                other = bundle_inferer(network, roi, x.device, runtime=runtime, cache_dir=cache_dir)
+                methods[f"runtime_{runtime}"] = (_timed_network(other, network),
+                                                 lambda other=other: _softmax(other(x, network)))
+        # nnU-Net's predictor: step 0.5, Gaussian weights, windows one at a time, mirroring on the axes it pools
+        flips = default_tta_flips(getattr(network, "strides", None), len(roi))
+        nnunet = FlipTTAInferer(SlidingWindowInferer(roi_size=list(roi), overlap=0.5, mode="gaussian"), flips)
+        methods["nnunet"] = (network, lambda: nnunet(x, network).exp())
     if patch is not None:
         monai_patch = SlidingWindowInferer(roi_size=list(patch), overlap=0.5, mode="gaussian")
         methods["monai_patch"] = (network, lambda: _softmax(monai_patch(x, network)))
@@ -76,7 +107,8 @@ def inference_timings(spec: Mapping[str, Any], log: Callable[[str], None] = prin
         spec: ``bundle``, ``profile``, ``architecture`` (config overrides of the trained network), ``roi`` (both
             inferers' ``roi_size``), ``patch`` (the training patch, for MONAI with ``roi_size=patch``; None
             leaves that row out), ``shapes`` (spatial shapes), ``repeats``, ``device``, ``quick`` (tiny default
-            network), ``methods`` (names to keep; None keeps all), ``memory_pass`` (see :func:`time_side_by_side`).
+            network), ``methods`` (names to keep; None keeps all), ``memory_pass`` (see :func:`time_side_by_side`),
+            ``runtimes`` (default True: also the rows of each installed runtime and nnU-Net's settings).
         log: where progress lines go.
 
     Returns:
@@ -95,13 +127,15 @@ def inference_timings(spec: Mapping[str, Any], log: Callable[[str], None] = prin
     keep = spec.get("methods")
     shapes = [tuple(int(v) for v in shape) for shape in spec["shapes"]]
     results: dict[str, dict[str, Timing]] = {}
-    with torch.inference_mode():
+    cache = tempfile.TemporaryDirectory(prefix="benchmark-compiled-")  # the runtimes' exports, one per window shape
+    with cache, torch.inference_mode():
         for shape in shapes:
             torch.manual_seed(1)
             x = torch.randn(1, IN_CHANNELS_TIMING, *shape, device=device)
-            methods = _inference_methods(timing_net, x, spec["roi"], spec.get("patch"))
+            methods = _inference_methods(timing_net, x, spec["roi"], spec.get("patch"),
+                                         runtimes=bool(spec.get("runtimes", True)), cache_dir=cache.name)
             if shape == shapes[0]:
-                methods["default_ours"] = (default_net, _inference_methods(default_net, x, spec["roi"])["ours"][1])
+                methods["default_ours"] = _inference_methods(default_net, x, spec["roi"], cache_dir=cache.name)["ours"]
             if keep is not None:
                 methods = {name: method for name, method in methods.items() if name in keep}
             name = "x".join(str(s) for s in (IN_CHANNELS_TIMING, *shape))
@@ -119,10 +153,11 @@ def _dice_rows(network: nn.Module, cases: list[dict], roi: list[int], device: to
     from pipeline.metrics import dice_score
 
     rows = []
+    ours = bundle_inferer(network, roi, device)  # once, as predict builds it once for all its cases
     for case in cases:
         x = case["image"].to(device)
         outputs: dict[str, np.ndarray] = {}
-        methods = _inference_methods(network, x, roi)
+        methods = _inference_methods(network, x, roi, ours=ours)
         chosen = {name: methods[name] for name in ("ours", "monai", "grown")}
 
         def keep(name: str, run: Callable) -> Callable:
@@ -153,7 +188,8 @@ def _pruning_rows(
     inferers = {level: bundle_inferer(net, roi, device) for level, net in pruned.items()}
     torch.manual_seed(0)
     x = torch.randn(1, int(network.in_channels), *shape, device=device)
-    methods = {f"L{level}": (net, (lambda n=net, i=inferers[level]: _softmax(i(x, n)))) for level, net in pruned.items()}
+    methods = {f"L{level}": (_timed_network(inferers[level], net), (lambda n=net, i=inferers[level]: _softmax(i(x, n))))
+               for level, net in pruned.items()}
     timings = time_side_by_side(methods, repeats, device)
     rows = []
     for level, net in pruned.items():

@@ -9,10 +9,10 @@ import numpy as np
 if TYPE_CHECKING:
     from pipeline.benchmark.run import BenchmarkResult
 
-# The targets set by the scale-out and speed issue for a 2-core CPU; the benchmark reports against them
-# (they are not timed tests). Each value is a bound that the run's figures are compared with.
+# The targets set by the speed issues for a 2-core CPU (3x since the CPU-inference one); the benchmark reports
+# against them (they are not timed tests). Each value is a bound that the run's figures are compared with.
 TARGETS = {
-    "speedup": 2.0,  # how many times faster than MONAI's default our inference must be ...
+    "speedup": 3.0,  # how many times faster than MONAI's default our inference must be ...
     "dice_tolerance": 0.01,  # ... with a mean Dice no lower than MONAI's by more than this
     "tiling_overhead": 1.3,  # the largest allowed ratio of tiled inference over one whole-volume pass
     "case_seconds": 2.0,  # the most seconds the default UNet++ may take end to end for a 5x256x256x8 case
