@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pipeline.networks.normalization  # noqa: F401  (registers norm="channel_layer" and "batch_renorm" with MONAI)
+
 PAD_MODES = ("constant", "replicate", "reflect")
 
 

@@ -71,6 +71,14 @@ VARIANTS = {
                 train_set=("fit_schedule_to_budget=True",)),
         Variant("kernels_331", "3d with (3, 3, 1) kernels at every level", train_set=(
             "kernel_sizes=[[3,3,1],[3,3,1],[3,3,1],[3,3,1],[3,3,1],[3,3,1]]",)),
+        # tile-independent normalisations (their inference takes whole slabs): against "2d", which has instance norm
+        Variant("2d_batch_norm", "2d with batch norm", configuration="2d", train_set=("network_def#norm=batch",)),
+        Variant("2d_batch_norm_batch16", "2d with batch norm, batch 16", configuration="2d",
+                train_set=("network_def#norm=batch", "batch_size=16")),
+        Variant("2d_batch_renorm", "2d with batch renormalisation", configuration="2d",
+                train_set=("network_def#norm=batch_renorm",)),
+        Variant("2d_channel_layer_norm", "2d with channel-wise layer norm", configuration="2d",
+                train_set=("network_def#norm=channel_layer",)),
     )
 }
 DEFAULT_VARIANTS = ("default", "no_postprocessing", "tta", "no_ct", "no_plans")
