@@ -28,9 +28,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
                    help="test-time augmentation: average the probabilities over mirrored inputs (the axes the network "
                         "pools: in-plane for the bundles)")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"],
-                   help="what runs the network: auto (default) picks the fastest measured for the device (openvino on "
-                        "CPUs without native bfloat16 when installed, else torch); the ONNX runtimes run the same "
-                        "network, exported once and cached beside the checkpoint, behind the same windows")
+                   help="what runs the network: auto (default) picks the fastest measured for the device (onnxruntime "
+                        "on CPUs without native bfloat16 when installed, else torch); the ONNX runtimes run the "
+                        "same network, exported once per window shape and cached, behind the same windows")
     p.add_argument("--postprocessing", default=None, metavar="none|FILE",
                    help="the post-processing (threshold, smallest lesion component): default the postprocessing.json "
                         "that train/postprocess fitted beside the model; 'none': threshold 0.5, nothing removed")

@@ -31,12 +31,12 @@ def runtime_available(runtime: str) -> bool:
 
 
 def default_runtime(device: str | torch.device = "cpu") -> str:
-    """The runtime inference uses when none is asked for, chosen by measurement (``benchmarks/results.md``):
+    """The runtime inference uses when none is asked for, chosen by measurement (``docs/benchmark.md``):
 
-    - a CPU without native bfloat16 (AVX2, plain AVX-512): ``openvino`` in float32 when it is installed, faster
-      than eager float32 PyTorch on the same windows and within float32 rounding of it;
+    - a CPU without native bfloat16 (AVX2, plain AVX-512): ``onnxruntime`` in float32 when it is installed, the
+      fastest of the three over the demo model's test cases end to end (``predict``), at the same Dice;
     - a CPU with native bfloat16 (AVX512-BF16, AMX): ``torch``, whose bfloat16 autocast (the bundles' ``amp``
-      default there) is faster than OpenVINO in float32 and keeps Dice within 0.01;
+      default there) is faster than the ONNX runtimes in float32 and keeps Dice within 0.01;
     - a GPU or any other device: ``torch``.
 
     Args:
@@ -46,8 +46,8 @@ def default_runtime(device: str | torch.device = "cpu") -> str:
         One of :data:`RUNTIMES`; ``torch`` when the measured choice is not installed.
     """
     device = torch.device(device)
-    if device.type == "cpu" and not low_precision_pays_off(device) and runtime_available("openvino"):
-        return "openvino"
+    if device.type == "cpu" and not low_precision_pays_off(device) and runtime_available("onnxruntime"):
+        return "onnxruntime"
     return "torch"
 
 
