@@ -22,8 +22,6 @@ class OnnxRuntimeModel:
         Exception: onnxruntime cannot load the file (its own error).
     """
 
-    precision = "float32"
-
     def __init__(self, path: str | Path) -> None:
         ort, has_ort = optional_import("onnxruntime")
         if not has_ort:
@@ -60,7 +58,6 @@ class OpenVINOModel:
         if not has_ov:
             raise ImportError("openvino is not installed")
         core = ov.Core()
-        self.precision = "bfloat16" if reduced_precision else "float32"
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
