@@ -23,16 +23,19 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def runtime_cache(tmp_path_factory):
-    """The ONNX runtimes' export cache of every run the tests start, in a temporary folder instead of the user's."""
-    from pipeline.runtimes import CACHE_ENV
+    """The ONNX runtimes' export cache of every run the tests start, in a temporary folder instead of the user's;
+    and ``auto`` pinned to torch, so that only the tests about runtimes pay for ONNX exports (they name theirs)."""
+    from pipeline.runtimes import CACHE_ENV, RUNTIME_ENV
 
-    previous = os.environ.get(CACHE_ENV)
+    previous = {name: os.environ.get(name) for name in (CACHE_ENV, RUNTIME_ENV)}
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("runtime-cache"))
+    os.environ[RUNTIME_ENV] = "torch"
     yield
-    if previous is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

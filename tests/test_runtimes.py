@@ -14,7 +14,7 @@ import torch
 from pipeline.__main__ import main
 from pipeline.inferers import MeanEnsemble, segmentation_inferer
 from pipeline.networks import UNet, UNetPlusPlus
-from pipeline.runtimes import (CACHE_ENV, RUNTIMES, CompiledNetwork, RuntimeInferer, default_runtime, export_onnx,
+from pipeline.runtimes import (CACHE_ENV, RUNTIME_ENV, RUNTIMES, CompiledNetwork, RuntimeInferer, default_runtime, export_onnx,
                                onnx_file_name, resolve_runtime, runtime_cache_dir, weights_digest)
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
@@ -168,7 +168,8 @@ def test_a_tile_independent_network_keeps_its_grown_tiles_in_a_runtime(tmp_path)
     assert len(onnx_files(tmp_path)) == 1
 
 
-def test_runtime_names_the_default_and_the_fallback():
+def test_runtime_names_the_default_and_the_fallback(monkeypatch):
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)  # the suite pins torch; here the measured choice
     assert default_runtime("cuda:0") == "torch"
     assert default_runtime("cpu") in RUNTIMES
     assert resolve_runtime("auto", "cpu") == default_runtime("cpu")
@@ -178,6 +179,14 @@ def test_runtime_names_the_default_and_the_fallback():
         assert resolve_runtime("openvino", "cuda:0") == "torch"
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         resolve_runtime("tensorrt", "cpu")
+    # PIPELINE_RUNTIME pins what auto means; a GPU still gets torch, and a misspelt name is an error
+    monkeypatch.setenv(RUNTIME_ENV, "openvino")
+    assert resolve_runtime("auto", "cpu") == "openvino"
+    with pytest.warns(UserWarning, match="runs the network on the CPU"):
+        assert resolve_runtime("auto", "cuda:0") == "torch"
+    monkeypatch.setenv(RUNTIME_ENV, "onnx")
+    with pytest.raises(ValueError, match="PIPELINE_RUNTIME='onnx' is not a runtime"):
+        resolve_runtime("auto", "cpu")
 
 
 def test_the_cache_is_the_users_unless_the_environment_moves_it(tmp_path, monkeypatch):

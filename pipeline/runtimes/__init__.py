@@ -15,7 +15,7 @@ OpenVINO behind the same inferer (same windows, blending, inversion and writing)
 from __future__ import annotations
 
 from pipeline.runtimes.backends import OnnxRuntimeModel, OpenVINOModel, load_runtime_model
-from pipeline.runtimes.choice import AUTO, RUNTIMES, default_runtime, resolve_runtime, runtime_available
+from pipeline.runtimes.choice import AUTO, RUNTIME_ENV, RUNTIMES, default_runtime, resolve_runtime, runtime_available
 from pipeline.runtimes.inferer import RuntimeInferer
 from pipeline.runtimes.network import CompiledNetwork
 from pipeline.runtimes.onnx_export import (CACHE_ENV, ONNX_OPSET, RUNTIME_CACHE_FOLDER, export_onnx, onnx_file_name,

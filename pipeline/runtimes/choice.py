@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -9,11 +10,13 @@ from monai.utils import optional_import
 
 from pipeline.precision import low_precision_pays_off
 
-__all__ = ["AUTO", "RUNTIMES", "default_runtime", "resolve_runtime", "runtime_available"]
+__all__ = ["AUTO", "RUNTIMES", "RUNTIME_ENV", "default_runtime", "resolve_runtime", "runtime_available"]
 
 # torch: eager PyTorch (autocast with ``amp``); the others run the network exported to ONNX.
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 AUTO = "auto"
+# pins what "auto" means on this machine (a site that validated one runtime; the test suite, which pins torch)
+RUNTIME_ENV = "PIPELINE_RUNTIME"
 # the package each runtime needs (beside torch), as the ``runtimes`` extra installs it
 _PACKAGES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 _EXTRA_HINT = "pip install 'isles-unet-pipeline[runtimes]'"
@@ -39,12 +42,24 @@ def default_runtime(device: str | torch.device = "cpu") -> str:
       default there) is faster than the ONNX runtimes in float32 and keeps Dice within 0.01;
     - a GPU or any other device: ``torch``.
 
+    The environment variable ``PIPELINE_RUNTIME`` (:data:`RUNTIME_ENV`), when set to one of :data:`RUNTIMES`,
+    replaces that choice.
+
     Args:
         device: where the network runs.
 
     Returns:
         One of :data:`RUNTIMES`; ``torch`` when the measured choice is not installed.
+
+    Raises:
+        ValueError: ``PIPELINE_RUNTIME`` names no runtime.
     """
+    pinned = os.environ.get(RUNTIME_ENV, "").strip()
+    if pinned:
+        if pinned not in RUNTIMES:
+            raise ValueError(f"${RUNTIME_ENV}={pinned!r} is not a runtime: choose one of {', '.join(RUNTIMES)}, "
+                             "or unset it for the measured default")
+        return pinned
     device = torch.device(device)
     if device.type == "cpu" and not low_precision_pays_off(device) and runtime_available("onnxruntime"):
         return "onnxruntime"
@@ -67,7 +82,9 @@ def resolve_runtime(runtime: str | None, device: str | torch.device = "cpu") -> 
         ValueError: an unknown runtime name.
     """
     if runtime is None or runtime == AUTO:
-        return default_runtime(device)
+        runtime = default_runtime(device)
+        if os.environ.get(RUNTIME_ENV, "").strip() in ("", "torch"):
+            return runtime
     if not runtime_available(runtime):
         warnings.warn(f"runtime {runtime!r} is not installed ({_EXTRA_HINT}): the network runs in torch instead",
                       stacklevel=2)
