@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,tracking,runtimes]"
+	$(PY) -m pip install --quiet -e ".[dev,tracking,runtimes,isles2024,dicom]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

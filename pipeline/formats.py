@@ -8,6 +8,9 @@
 - The ISLES 2022 mask name, the DWI file's name with ``_dwi`` replaced by ``_msk`` (``predict --format
   isles2022``, the ISLES 2022 derivative naming): :func:`isles2022_mask_name`, read back (subject and
   session) by :func:`parse_isles2022_name`.
+- The hospital DICOM outputs of a case (``predict --format dicom-seg``): ``<case_id>.nii.gz`` (the mask, for
+  research), ``<case_id>_seg.dcm`` (the DICOM Segmentation), ``<case_id>_summary.json`` and ``<case_id>_summary.png``
+  (the clinical summary): :func:`dicom_output_names`, whose suffixes :data:`DICOM_SIDE_SUFFIXES` tell them apart.
 - The ISLES 2018 layout ``<SPLIT>/case_<N>/SMIR.Brain.XX.O.<MOD>.<id>/<folder>.nii`` (the synthetic
   dataset's): the split folders :data:`ISLES2018_SPLIT_FOLDERS`, read back by
   :func:`parse_isles2018_split_folder`; :func:`isles2018_case_folder`, read back by
@@ -19,6 +22,11 @@
   mask ``derivatives/<sub>/ses-02/<sub>_ses-02_lesion-msk.nii.gz``: :func:`isles2024_subject` and
   :func:`isles2024_file`, read back by :mod:`pipeline.data.isles2024` (by BIDS suffix, which also takes the public
   release's ``space-ncct_lesion-msk`` and the ``rawdata/`` spelling).
+- The ISLES 2024 challenge container (grand-challenge's interface): one case's inputs as
+  ``images/<slug>/<any name>.mha`` (:data:`ISLES2024_CONTAINER_SLUGS`; :func:`isles2024_container_input`), read
+  back by :mod:`pipeline.data.isles2024`; its output ``images/stroke-lesion-segmentation/output.mha``, or
+  ``<case_id>/images/stroke-lesion-segmentation/output.mha`` per case for a run of several cases
+  (``predict --format isles2024``): :func:`isles2024_output_name`, read back by :func:`parse_isles2024_output_name`.
 - The synthetic test labels: ``TESTING_GROUND_TRUTH/<case_id>/SMIR.<...>.OT.<ot_id>/`` listed in
   ``TESTING_GROUND_TRUTH/cases.csv`` (:data:`GROUND_TRUTH_COLUMNS`): :func:`ground_truth_row`, read back by
   :func:`read_ground_truth_rows` and :func:`parse_ground_truth_row`; the per-case table
@@ -58,6 +66,28 @@ ISLES2024_ACUTE, ISLES2024_FOLLOW_UP = "ses-01", "ses-02"
 ISLES2024_MAPS_FOLDER = "perfusion-maps"
 ISLES2024_MAPS = ("cbf", "cbv", "mtt", "tmax")
 ISLES2024_LABEL_SUFFIX = "lesion-msk"
+# The challenge container's input folders (grand-challenge interface slugs) -> the modality each holds. The
+# "preprocessed" images are the derivatives on the NCCT grid; the plain parameter maps, the raw CTA and the 4D CTP
+# lie on their own grids and are not read (as in the BIDS layout).
+ISLES2024_CONTAINER_SLUGS = {
+    "non-contrast-ct": "NCCT",
+    "preprocessed-ct-angiography": "CTA",
+    "preprocessed-perfusion-ct": "CTP",
+    "preprocessed-cbf-map": "CBF",
+    "preprocessed-cbv-map": "CBV",
+    "preprocessed-mtt-map": "MTT",
+    "preprocessed-tmax-map": "Tmax",
+}
+ISLES2024_CONTAINER_UNUSED_SLUGS = ("ct-angiography", "perfusion-ct", "cbf-parameter-map", "cbv-parameter-map",
+                                    "mtt-parameter-map", "tmax-parameter-map")
+ISLES2024_CONTAINER_IMAGES = "images"
+ISLES2024_CLINICAL_JSON = "acute-stroke-clinical-information.json"
+ISLES2024_OUTPUT_FOLDER = ("images", "stroke-lesion-segmentation")
+ISLES2024_OUTPUT_FILE = "output.mha"
+# predict --format dicom-seg: the files beside each case's <case_id>.nii.gz
+DICOM_SIDE_SUFFIXES = {"segmentation": "_seg.dcm", "summary": "_summary.json", "figure": "_summary.png"}
+# the synthetic dataset's test subjects as the container receives them: <folder>/<sub>/images/<slug>/<sub>.mha
+ISLES2024_CONTAINER_TEST_FOLDER = "TESTING_CONTAINER_INPUT"
 # The synthetic dataset's test labels and per-case table.
 GROUND_TRUTH_FOLDER = "TESTING_GROUND_TRUTH"
 GROUND_TRUTH_CSV = "cases.csv"
@@ -228,6 +258,76 @@ def parse_isles2018_split_folder(name: str) -> str | None:
     """The split (``training``/``testing``) an ISLES 2018 split folder holds (``TRAINING``, ``TESTING``, any
     case), or ``None`` for another name."""
     return {folder.lower(): split for split, folder in ISLES2018_SPLIT_FOLDERS.items()}.get(name.lower())
+
+
+def dicom_output_names(case_id: str) -> dict[str, str]:
+    """The files ``predict --format dicom-seg`` writes for a case, each one plain name.
+
+    Returns:
+        ``{"mask": "<case_id>.nii.gz", "segmentation": "<case_id>_seg.dcm", "summary": "<case_id>_summary.json",
+        "figure": "<case_id>_summary.png"}``.
+
+    Raises:
+        CaseError: ``case_id`` is not one plain file-name component.
+    """
+    case_id = plain_component(case_id, case_id, "case_id")
+    return {"mask": case_file_name(case_id), **{k: case_id + v for k, v in DICOM_SIDE_SUFFIXES.items()}}
+
+
+def isles2024_container_input(modality: str, name: str) -> Path:
+    """Where the challenge container finds one input image, relative to its input folder (``/input``).
+
+    Args:
+        modality: a modality of :data:`ISLES2024_CONTAINER_SLUGS` (``NCCT``, ``CBF``...).
+        name: the file's name (grand-challenge gives each a UUID), ending in ``.mha``.
+
+    Returns:
+        E.g. ``images/preprocessed-tmax-map/<name>``.
+
+    Raises:
+        ValueError: an unknown modality.
+        CaseError: ``name`` is not one plain path component.
+    """
+    slugs = {m: slug for slug, m in ISLES2024_CONTAINER_SLUGS.items()}
+    if modality not in slugs:
+        raise ValueError(f"no ISLES 2024 container input for {modality!r}; known: {', '.join(slugs)}")
+    return Path(ISLES2024_CONTAINER_IMAGES, slugs[modality], plain_component(name, None, "input file name"))
+
+
+def isles2024_output_name(case_id: str | None = None) -> str:
+    """The challenge container's output, relative to the output folder (POSIX separators).
+
+    Args:
+        case_id: ``None`` for the container's own single-case output; a case id for a run of several cases, whose
+            outputs go one folder per case.
+
+    Returns:
+        ``images/stroke-lesion-segmentation/output.mha``, or ``<case_id>/images/stroke-lesion-segmentation/output.mha``.
+
+    Raises:
+        CaseError: ``case_id`` is not one plain path component.
+    """
+    parts = [*ISLES2024_OUTPUT_FOLDER, ISLES2024_OUTPUT_FILE]
+    if case_id is not None:
+        parts.insert(0, plain_component(case_id, case_id, "case_id"))
+    return "/".join(parts)
+
+
+def parse_isles2024_output_name(path: str | Path) -> tuple[bool, str | None]:
+    """Whether ``path`` is an ISLES 2024 container output, and the case its folders name.
+
+    Args:
+        path: a prediction file.
+
+    Returns:
+        ``(True, case_id)`` for ``.../<case_id>/images/stroke-lesion-segmentation/output.mha`` (``case_id`` is the
+        folder above ``images``, ``None`` when there is none), else ``(False, None)``.
+    """
+    parts = Path(path).parts
+    tail = (*ISLES2024_OUTPUT_FOLDER, ISLES2024_OUTPUT_FILE)
+    if len(parts) < len(tail) or tuple(p.lower() for p in parts[-len(tail):]) != tail:
+        return False, None
+    return True, (parts[-len(tail) - 1] if len(parts) > len(tail) else None)
 
 
 def isles2018_case_folder(number: int) -> str:

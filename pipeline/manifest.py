@@ -42,7 +42,8 @@ class ManifestEntry:
     Attributes:
         run_id: the run (see :func:`new_run_id`).
         case_id: the case.
-        file: the prediction's file name inside the output folder ("" when the case failed).
+        file: the prediction's file name inside the output folder, or its path relative to it (POSIX separators)
+            for formats that write subfolders ("" when the case failed).
         status: ``written`` or ``failed``.
         checkpoint: the weights the run used.
         checkpoint_sha256: their SHA-256 ("" when unknown).
@@ -146,7 +147,10 @@ def read_manifest(folder: str | Path) -> list[ManifestEntry] | None:
                 f"manifest {str(path)!r}, line {number}: status {row['status']!r} is not one of {', '.join(STATUSES)}"
             )
         name = row["file"] or ""
-        if name and (Path(name).name != name or name in (".", "..")):
-            raise ValueError(f"manifest {str(path)!r}, line {number}: file {name!r} is not a plain file name")
+        # a file name, or a relative path of plain names below the folder (the isles2024 format's subfolders)
+        parts = name.split("/")
+        if name and any(not p or p in (".", "..") or "\\" in p or Path(p).name != p for p in parts):
+            raise ValueError(f"manifest {str(path)!r}, line {number}: file {name!r} is not a plain file name or a "
+                             "relative path of plain names")
         entries.append(ManifestEntry(**{c: (row.get(c) or "") for c in COLUMNS}))
     return entries

@@ -296,12 +296,15 @@ def precision_recall(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]
     return precision, recall
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | float | None = None) -> dict[str, float]:
+def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | float | None = None,
+                 counts: LesionCounts | None = None) -> dict[str, float]:
     """Every metric of one case, keyed and ordered as :data:`METRIC_NAMES`.
 
     Args:
         pred: predicted mask; truth: reference mask of the same shape (any non-zero is foreground).
         spacing: voxel size in mm per axis (``None`` for 1 mm).
+        counts: the lesion-wise counts, when another convention made them
+            (:mod:`pipeline.evaluation.lesion_matching`); default :func:`lesion_counts`.
 
     Returns:
         ``dice``, ``hd95_mm``, ``assd_mm`` (NaN when either mask is empty), ``pred_volume_ml``,
@@ -314,7 +317,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] |
     """
     pred, truth = _binary_pair(pred, truth, "case_metrics")
     spacing = _spacing(spacing, pred.ndim, "case_metrics")
-    counts = lesion_counts(pred, truth)
+    counts = lesion_counts(pred, truth) if counts is None else counts
     precision, recall = precision_recall(pred, truth)
     pred_ml, truth_ml = volume_ml(pred, spacing), volume_ml(truth, spacing)
     values = {

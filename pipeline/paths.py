@@ -80,3 +80,25 @@ def path_in(folder: str | Path, name: str, case_id: object, field: str) -> Path:
         raise CaseError(None if case_id is None else str(case_id), str(path),
                         f"the {field} would write outside the output folder {str(folder)!r}")
     return path
+
+
+def path_under(folder: str | Path, relative: str, case_id: object, field: str) -> Path:
+    """``folder / relative`` for a relative name of one or more components (POSIX ``/`` between them), each checked
+    as :func:`plain_component`, the path checked to lie inside ``folder``.
+
+    Args:
+        folder: the output folder.
+        relative: e.g. ``case_1.nii.gz`` or ``sub-stroke0001/images/stroke-lesion-segmentation/output.mha``.
+        case_id, field: named in the error.
+
+    Returns:
+        The path (not resolved, as :func:`path_in`).
+
+    Raises:
+        CaseError: a component is not plain, or the path would lie outside ``folder``.
+    """
+    parts = str(relative).split("/")
+    for part in parts:
+        plain_component(part, case_id, field)
+    *subfolders, name = parts
+    return path_in(Path(folder).joinpath(*subfolders), name, case_id, field)

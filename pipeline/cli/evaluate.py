@@ -14,7 +14,9 @@ from pipeline.errors import CaseError, LayoutError
 def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     """Add the ``evaluate`` sub-command to ``sub``."""
     p = sub.add_parser("evaluate", parents=parents, help="score predicted masks against the ground truth (ISLES metrics, clinical volumes)")
-    p.add_argument("--pred", required=True, help="folder of predicted masks: <case_id>.nii.gz, SMIR.<name>.<ID>.nii or <sub>_ses-X_msk.nii.gz")
+    p.add_argument("--pred", required=True,
+                   help="folder of predicted masks: <case_id>.nii.gz, SMIR.<name>.<ID>.nii, <sub>_ses-X_msk.nii.gz or "
+                        "<case_id>/images/stroke-lesion-segmentation/output.mha")
     p.add_argument("--truth", required=True,
                    help="datalist JSON, dataset root, TESTING_GROUND_TRUTH folder, or a folder of <case_id> masks")
     p.add_argument("--out", required=True, help="per-case CSV; <stem>_summary.json and <stem>_clinical.csv go beside it")
@@ -26,6 +28,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--split", default=None, choices=["training", "testing"],
                    help="with a datalist as --truth: pair with the records of this split only (default: the split "
                         "the prediction names and the manifest tell)")
+    p.add_argument("--metrics", default="isles2022", choices=["isles2022", "isles2024"],
+                   help="lesion-wise F1 and count convention: isles2022 (default; a lesion is found when touched) or "
+                        "isles2024 (the challenge's one-to-one matching at IoU >= 0.2, computed by panoptica)")
     p.add_argument("--tolerance-mm", type=float, default=0.01,
                    help="allowed difference of spacing, directions and origin between a prediction and its truth")
     p.set_defaults(func=command_evaluate)
@@ -59,8 +64,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
             result = evaluate_predictions(
                 args.pred, args.truth, args.out, baseline=args.baseline, images=args.images,
                 tolerance_mm=args.tolerance_mm, split=getattr(args, "split", None),
+                metrics=getattr(args, "metrics", "isles2022"),
             )
-        except (CaseError, LayoutError, FileNotFoundError, ValueError):
+        except (CaseError, LayoutError, FileNotFoundError, ValueError):  # MissingExtraError is a ValueError
             _print_warnings(caught)  # e.g. that the folder has no manifest: it helps to read the error
             raise
     counts = result.summary["counts"]

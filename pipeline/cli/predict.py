@@ -12,8 +12,12 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("predict", parents=parents, help="predict with a bundle's inference config; outputs on the native grid")
     p.add_argument("--input", required=True, help="a dataset folder (any known layout) or a datalist JSON")
     p.add_argument("--output", required=True, help="folder the predictions are written to")
-    p.add_argument("--format", default="nifti", choices=["nifti", "isles2018", "isles2022"],
-                   help="nifti: <case_id>.nii.gz; isles2018: SMIR.<name>.<CT_MTT id>.nii; isles2022: <DWI name>_msk")
+    p.add_argument("--format", default="nifti", choices=["nifti", "isles2018", "isles2022", "isles2024", "dicom-seg"],
+                   help="nifti: <case_id>.nii.gz; isles2018: SMIR.<name>.<CT_MTT id>.nii; isles2022: <DWI name>_msk; "
+                        "isles2024: the challenge container's images/stroke-lesion-segmentation/output.mha (one "
+                        "folder per case, <case_id>/images/..., when several cases are predicted); dicom-seg (DICOM "
+                        "input): <case_id>_seg.dcm, a DICOM Segmentation referencing the NCCT series, with "
+                        "<case_id>_summary.json/.png (core, Tmax > 6 s and mismatch volumes) and <case_id>.nii.gz")
     p.add_argument("--name", default="team", help="team name in ISLES 2018 submission file names")
     p.add_argument("--split", default="testing", choices=["testing", "training"],
                    help="which cases of the datalist or folder to predict (default testing)")

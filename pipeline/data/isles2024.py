@@ -13,18 +13,25 @@ The channels are the NCCT (the reference grid) and the derivatives co-registered
 perfusion maps and CTA lie on their own grids and are not used. The label is the follow-up (``ses-02``) lesion mask,
 whose name carries ``space-ncct`` in the public release and not in the challenge's; a subject with one is a
 training case.
+
+The challenge's container gets one case at a time, as grand-challenge hands it over: ``images/<slug>/<uuid>.mha``
+under its input folder (``/input``), one folder per interface (:data:`pipeline.formats.ISLES2024_CONTAINER_SLUGS`:
+``non-contrast-ct``, ``preprocessed-{cbf,cbv,mtt,tmax}-map``, ``preprocessed-CT-angiography``...), beside
+``acute-stroke-clinical-information.json``. Such a folder is read as one test case of this layout; as in the BIDS
+release, only the NCCT and the images on its grid (the "preprocessed" ones) are used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.datalist import natural_key
+from pipeline.data.datalist import IMAGE_SUFFIXES, natural_key, strip_image_suffix
 from pipeline.data.isles2022 import bids_suffix
 from pipeline.data.profiles import DatasetProfile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import CaseError, LayoutError
 from pipeline.formats import (
+    ISLES2024_CLINICAL_JSON, ISLES2024_CONTAINER_IMAGES, ISLES2024_CONTAINER_SLUGS, ISLES2024_CONTAINER_UNUSED_SLUGS,
     ISLES2024_ACUTE as ACUTE, ISLES2024_DERIVATIVES as DERIVATIVES, ISLES2024_FOLLOW_UP as FOLLOW_UP,
     ISLES2024_LABEL_SUFFIX as LABEL_SUFFIX, ISLES2024_MAPS_FOLDER as MAPS_FOLDER, ISLES2024_RAW_FOLDERS as RAW_FOLDERS,
 )
@@ -34,7 +41,61 @@ SPACE_NCCT = "_space-ncct_"
 RAW_SUFFIXES = {"ncct": "NCCT"}
 REGISTERED_SUFFIXES = {"cbf": "CBF", "cbv": "CBV", "mtt": "MTT", "tmax": "Tmax", "cta": "CTA", "ctp": "CTP"}
 EXPECTS = ("raw_data/sub-*/ses-01/sub-*_ses-01_ncct.nii.gz, derivatives/sub-*/ses-01/perfusion-maps/"
-           "*_space-ncct_{cbf,cbv,mtt,tmax}.nii.gz (labels: derivatives/sub-*/ses-02/*_lesion-msk.nii.gz)")
+           "*_space-ncct_{cbf,cbv,mtt,tmax}.nii.gz (labels: derivatives/sub-*/ses-02/*_lesion-msk.nii.gz), or the "
+           "challenge container's input images/{non-contrast-ct,preprocessed-tmax-map,...}/*.mha")
+
+
+def is_container_input(root: Path) -> bool:
+    """Return True when ``root`` is the challenge container's input folder: an ``images/`` folder holding at least
+    one of the challenge's interface folders (``non-contrast-ct``, ``preprocessed-tmax-map``...)."""
+    images = Path(root) / ISLES2024_CONTAINER_IMAGES
+    if not images.is_dir():
+        return False
+    known = set(ISLES2024_CONTAINER_SLUGS) | set(ISLES2024_CONTAINER_UNUSED_SLUGS)
+    return any(p.is_dir() and p.name.lower() in known for p in images.iterdir())
+
+
+def _read_container(root: Path, profile: DatasetProfile) -> CaseRecord:
+    """The one case of a container input folder (see the module's docstring).
+
+    Its case id is the NCCT file's name without its suffix (grand-challenge names inputs by UUID), or the input
+    folder's name when there is no NCCT.
+
+    Raises:
+        CaseError: an interface folder holds several images, or cannot be listed.
+    """
+    images: dict[str, Path] = {}
+    images_folder = root / ISLES2024_CONTAINER_IMAGES
+    try:
+        for folder in sorted(images_folder.iterdir(), key=lambda p: natural_key(p.name)):
+            modality = ISLES2024_CONTAINER_SLUGS.get(folder.name.lower())
+            if modality is None or not folder.is_dir():
+                continue
+            files = [p for p in sorted(folder.iterdir(), key=lambda p: natural_key(p.name))
+                     if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)]
+            if len(files) > 1:
+                raise CaseError(root.name, folder, f"{len(files)} images in one input folder "
+                                f"({', '.join(p.name for p in files)}); the container gets one per interface")
+            if files:
+                images[profile.canonical(modality)] = files[0].resolve()
+    except OSError as err:
+        raise CaseError(root.name, getattr(err, "filename", None) or images_folder,
+                        f"cannot read the container's input folders ({err.strerror or err})") from err
+    ncct = images.get(profile.canonical("NCCT"))
+    case_id = strip_image_suffix(ncct.name) if ncct is not None else root.resolve().name
+    clinical = root / ISLES2024_CLINICAL_JSON
+    extra = {"interface": "container"}
+    if clinical.is_file():
+        extra["clinical_information"] = str(clinical.resolve())
+    return CaseRecord(
+        case_id=case_id or root.resolve().name,
+        split="testing",
+        modalities={name: str(path) for name, path in images.items()},
+        label=None,
+        folder=str(images_folder.resolve()),
+        patient_id=case_id,
+        extra=extra,
+    )
 
 
 def _raw_folder(root: Path) -> Path | None:
@@ -55,10 +116,12 @@ def _subjects(root: Path) -> list[Path]:
 def looks_like(root: Path) -> bool:
     """Return True when ``root`` holds a raw folder of ``sub-*`` subjects whose first acute session has an NCCT,
     or perfusion maps in ``derivatives/sub-*/ses-01/perfusion-maps/`` (what sets ISLES 2024 apart from the ISLES
-    2022 MRI layout)."""
+    2022 MRI layout), or when it is the challenge container's input folder (:func:`is_container_input`)."""
     root = Path(root)
     if not root.is_dir():
         return False
+    if is_container_input(root):
+        return True
     subjects = _subjects(root)
     if not subjects:
         return False
@@ -127,7 +190,8 @@ def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = 
     """Read every subject of an ISLES 2024 dataset.
 
     Args:
-        root: the folder holding ``raw_data/`` (or ``rawdata/``) and ``derivatives/``.
+        root: the folder holding ``raw_data/`` (or ``rawdata/``) and ``derivatives/``, or the challenge container's
+            input folder (one test case, see the module's docstring).
         profile: spells the modality names (NCCT, CTA, CBF, CBV, MTT, Tmax, CTP).
         problems: when a list is given, a malformed subject is left out and described there as
             ``{"case_id", "split", "file", "reason"}`` instead of raising.
@@ -143,6 +207,14 @@ def discover(root: Path, profile: DatasetProfile, problems: list[dict] | None = 
             ``problems`` is ``None``.
     """
     root = Path(root)
+    if is_container_input(root) and not _subjects(root):
+        try:
+            return [_read_container(root, profile)]
+        except CaseError as err:
+            if problems is None:
+                raise
+            problems.append({"case_id": root.name, "split": "testing", "file": err.path, "reason": err.message})
+            return []
     subjects = _subjects(root)
     if not subjects:
         raise LayoutError(f"{root} is not an ISLES 2024 dataset: expected {EXPECTS}")

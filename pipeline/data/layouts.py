@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.data import isles2018, isles2022, isles2024, msd, nnunet
+from pipeline.data import dicom, isles2018, isles2022, isles2024, msd, nnunet
 from pipeline.data.profiles import PROFILES_DIR, DatasetProfile, load_profile
 from pipeline.data.records import CaseRecord
 from pipeline.errors import LayoutError
@@ -62,7 +62,9 @@ def profile_for_channels(channels: list[str], where: Path | str) -> DatasetProfi
         LayoutError: no profile, or more than one, fits; the message asks for ``--profile``.
     """
     wanted = {c.lower() for c in channels}
-    covering = [p for p in available_profiles() if wanted <= {m.lower() for m in p.modalities}]
+    # a DICOM profile chooses series by their descriptions: it is for the dicom layout only, never a NIfTI dataset's
+    covering = [p for p in available_profiles()
+                if p.layout != "dicom" and wanted <= {m.lower() for m in p.modalities}]
     if len(covering) > 1:
         exact = [p for p in covering if {c.lower() for c in p.channels} == wanted]
         covering = exact if len(exact) == 1 else covering
@@ -105,6 +107,9 @@ LAYOUTS: dict[str, Layout] = {
     "nnunet": Layout(
         "nnunet", nnunet.looks_like, nnunet.discover,
         lambda root: profile_for_channels(nnunet.channel_names(root), root), nnunet.EXPECTS,
+    ),
+    "dicom": Layout(
+        "dicom", dicom.looks_like, dicom.discover, lambda root: load_profile("dicom_ctp"), dicom.EXPECTS
     ),
     "msd": Layout("msd", msd.looks_like, msd.discover, _msd_default_profile, msd.EXPECTS),
 }

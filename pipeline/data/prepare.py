@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.datalist import build_datalist, natural_key, read_datalist_json, select_channels, write_datalist
-from pipeline.data.layouts import discover_cases
+from pipeline.data.layouts import LAYOUTS, detect_layout, discover_cases
 from pipeline.data.profiles import DatasetProfile, load_profile
 from pipeline.errors import CaseError, LayoutError
 
@@ -114,6 +114,32 @@ def _with_optional_channels(profile, records, log: Callable[[str], None]):
     return profile.with_channels(profile.channels + added) if added else profile
 
 
+def _reader_profile(root: Path, layout: str, profile: DatasetProfile | None,
+                    channels: list[str] | None) -> tuple[str, DatasetProfile | None]:
+    """The layout to read ``root`` as and the profile its reader should get when ``channels`` are asked for: a reader
+    that looks for the channels themselves (``dicom`` chooses one series per channel) must look for those.
+
+    Args:
+        root, layout: the dataset and its layout name or ``auto``.
+        profile: the profile asked for, or ``None`` for the layout's default.
+        channels: the channels asked for, or ``None``.
+
+    Returns:
+        ``(layout, profile)`` to give :func:`discover_cases`. Without ``channels`` both are returned as they came; with
+        them, ``auto`` is resolved and a missing profile is the layout's default (still ``None`` when the layout is
+        unknown or the root missing, which :func:`discover_cases` then reports). The caller sets the channel order.
+
+    Raises:
+        LayoutError: detection fails, or the layout's default profile cannot be chosen.
+    """
+    if not channels:
+        return layout, profile
+    name = detect_layout(root) if layout == "auto" else layout
+    if profile is None and name in LAYOUTS and Path(root).exists():
+        profile = LAYOUTS[name].default_profile(Path(root))
+    return name, profile
+
+
 def prepare_dataset(
     root: str | Path,
     out: str | Path,
@@ -163,14 +189,17 @@ def prepare_dataset(
 
     root, out = Path(root), Path(out)
     problems: list[dict] = []  # per-case problems: {"case_id", "split", "file", "reason"}
+    names = None
+    if channels:
+        names = [c.strip() for c in (channels.split(",") if isinstance(channels, str) else channels) if c.strip()]
+    read_as, base = _reader_profile(root, layout, load_profile(profile) if profile else None, names)
     found_layout, chosen, records = discover_cases(
-        root, layout, load_profile(profile) if profile else None, problems=problems)
+        root, read_as, base.with_channels(names) if names and base else base, problems=problems)
     how = "detected" if layout == "auto" else "as asked"
     log(f"prepare: {root} read as layout {found_layout!r} ({how}), profile {chosen.name!r}: "
         f"{len(records) + len(problems)} cases found")
     if channels:
-        names = channels.split(",") if isinstance(channels, str) else list(channels)
-        chosen = chosen.with_channels([c.strip() for c in names if c.strip()])
+        chosen = chosen.with_channels(names)
     else:
         chosen = _with_optional_channels(chosen, records, log)
     log(f"  channels in order: {', '.join(chosen.channels)}")
@@ -259,7 +288,16 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
         LayoutError, CaseError: from the layout readers, or a case without a channel.
         ValueError: the folder has no case of ``split``, or ``channels`` names a modality its profile does not know.
     """
-    found_layout, profile, records = discover_cases(folder, layout)
+    def trained_channels(profile: DatasetProfile) -> DatasetProfile:
+        try:
+            return profile.with_channels(channels)
+        except ValueError as err:
+            raise ValueError(f"{folder}: the model was trained on the channels {', '.join(channels)}, which this "
+                             f"dataset cannot give ({err}); predict it with a model trained on its own "
+                             "channels") from None
+
+    read_as, base = _reader_profile(folder, layout, None, channels)
+    found_layout, profile, records = discover_cases(folder, read_as, trained_channels(base) if base else None)
     records = [r for r in records if r.split == split]
     if not records:
         raise ValueError(f"{folder}: no {split} cases found (choose the split with --split)")
@@ -268,11 +306,7 @@ def folder_datalist(folder: Path, split: str, work_dir: Path, layout: str = "aut
     if not channels:
         profile = _with_optional_channels(profile, records, lambda _: None)
     else:
-        try:
-            profile = profile.with_channels(channels)
-        except ValueError as err:
-            raise ValueError(f"{folder}: the model was trained on the channels {', '.join(channels)}, which this "
-                             f"dataset cannot give ({err}); predict it with a model trained on its own channels") from None
+        profile = trained_channels(profile)
     records, _ = select_channels(records, profile, skip_incomplete=False)
     out = work_dir / "datalist.json"
     datalist = build_datalist(records, profile, found_layout, folder, out, n_folds=1, seed=0)

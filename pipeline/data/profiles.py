@@ -9,6 +9,7 @@ channels, so merging the profile must not pin them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ class DatasetProfile:
         name: profile name (``isles2018``...).
         channels: modality names stacked as channels, in this order (the YAML's ``default_channels``, or the
             ``--channels`` of ``prepare``).
-        modalities: every known modality -> its settings (``normalization`` dict, ``skip``).
+        modalities: every known modality -> its settings (``normalization`` dict, ``skip``, and for the ``dicom``
+            layout ``dicom: {series_description: [regex, ...], exclude: [regex, ...]}``, see
+            :meth:`dicom_series_patterns`).
         reference_modality: modality whose grid and header outputs are written on; when a case lacks
             it, the first channel is the reference.
         label_modality: the name the layout gives the label (``OT`` for ISLES 2018).
@@ -70,6 +73,19 @@ class DatasetProfile:
         """Return the normalization settings of ``modality`` (``{"method": "none"}`` when unset)."""
         return dict(self.modalities.get(modality, {}).get("normalization", {"method": "none"}))
 
+    def dicom_series_patterns(self, modality: str) -> tuple[list[str], list[str]]:
+        """The regular expressions that choose ``modality``'s DICOM series by its SeriesDescription.
+
+        Args:
+            modality: a modality name of the profile.
+
+        Returns:
+            ``(series_description, exclude)``: a series is the modality's when its description matches one of the
+            first (``re.search``) and none of the second; both lists are empty when the profile gives none.
+        """
+        dicom = self.modalities.get(modality, {}).get("dicom") or {}
+        return list(dicom.get("series_description") or []), list(dicom.get("exclude") or [])
+
     def with_channels(self, channels: list[str]) -> "DatasetProfile":
         """Return a copy whose channel order is ``channels`` (names matched case-insensitively).
 
@@ -99,7 +115,8 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         ValueError: the profile is malformed (no ``default_channels``, a ``channels`` key, which would pin every
             bundle run's channels, a channel or optional channel without settings, an optional channel that is also
             a default one, an unknown normalization method, a ``label_values`` entry that does not map a number to
-            0 or 1).
+            0 or 1, a ``dicom`` entry without ``series_description`` patterns or with a pattern that is not a regular
+            expression).
     """
     path = Path(name_or_path)
     if not path.suffix:
@@ -128,6 +145,8 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         method = settings.get("normalization", {}).get("method", "none")
         if method not in NORMALIZATION_METHODS:
             raise ValueError(f"profile {path}: modality {mod!r} has unknown normalization {method!r}")
+        if "dicom" in settings:
+            _check_dicom_patterns(settings["dicom"], mod, path)
     return DatasetProfile(
         name=str(raw.get("profile_name", path.stem)),
         channels=channels,
@@ -142,6 +161,34 @@ def load_profile(name_or_path: str | Path) -> DatasetProfile:
         optional_channels=optional,
         path=str(path),
     )
+
+
+def _check_dicom_patterns(raw: Any, modality: str, path: Path) -> None:
+    """Validate a modality's ``dicom`` entry: ``series_description`` (required) and ``exclude`` (optional) are lists
+    of regular expressions.
+
+    Raises:
+        ValueError: not a mapping, an unknown key, an empty or missing ``series_description``, an entry that is not a
+            string, or a pattern that does not compile; the message names the profile and the modality.
+    """
+    where = f"profile {path}: modality {modality!r}: dicom"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping such as {{series_description: ['(?i)\\bcbf\\b']}}, got {raw!r}")
+    unknown = set(raw) - {"series_description", "exclude"}
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {', '.join(sorted(map(str, unknown)))}; the keys are "
+                         "series_description and exclude")
+    for key in ("series_description", "exclude"):
+        patterns = raw.get(key)
+        if patterns is None and key == "exclude":
+            continue
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"{where}.{key} must be a non-empty list of regular expressions, got {patterns!r}")
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{where}.{key}: {pattern!r} is not a regular expression ({err})") from None
 
 
 def _label_values(raw: Any, path: Path) -> dict[int | float, int] | None:

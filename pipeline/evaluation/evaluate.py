@@ -19,6 +19,7 @@ from pipeline.evaluation.pairing import (
     PREDICTION_PATTERNS, _choose, _matches, pair_predictions, prediction_names, resolve_prediction,
 )
 from pipeline.evaluation.result import EvaluationResult
+from pipeline.evaluation.lesion_matching import check_convention
 from pipeline.evaluation.scoring import _blank_row, _clinical_without_truth, _score_pair
 from pipeline.evaluation.selection import Selection, select_predictions
 from pipeline.evaluation.summary import summarize
@@ -27,6 +28,11 @@ from pipeline.formats import parse_case_file_name
 from pipeline.manifest import FAILED, FAILURES_NAME, PROBABILITIES_SUFFIX, RUN_FILES
 
 BASELINES = ("threshold",)
+LESION_CONVENTIONS = {
+    "isles2022": "26-connected lesions, found when touched; 1.0 when both masks are empty",
+    "isles2024": "connected components matched one to one at IoU >= 0.2 (panoptica, as the challenge); 1.0 when both "
+                 "masks are empty",
+}
 
 
 def _listing(items: Sequence[str], limit: int = 10) -> str:
@@ -65,6 +71,7 @@ def evaluate_predictions(
     tolerance_mm: float = 0.01,
     tmax_threshold_s: float = 6.0,
     split: str | None = None,
+    metrics: str = "isles2022",
 ) -> EvaluationResult:
     """Score every prediction file of a folder against its truth case.
 
@@ -85,6 +92,8 @@ def evaluate_predictions(
         tmax_threshold_s: the hypoperfusion threshold of the clinical table (and of the baseline rule).
         split: pair predictions with truth records of this split only (``None``: the split their names
             tell, see :mod:`pipeline.evaluation.pairing`).
+        metrics: the lesion-wise convention, ``isles2022`` (any overlap finds a lesion) or ``isles2024`` (one-to-one
+            matching at IoU 0.2 by panoptica), see :mod:`pipeline.evaluation.lesion_matching`.
 
     Returns:
         The :class:`EvaluationResult`. Unpaired files, refused files and unscorable cases are in it (and
@@ -98,6 +107,7 @@ def evaluate_predictions(
             prediction could be paired with a labelled truth case (the message says where evaluate looked
             and what it found).
     """
+    check_convention(metrics)
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if images is not None and not Path(images).exists():
@@ -119,7 +129,8 @@ def evaluate_predictions(
         )
 
     pairing = pair_predictions(predictions, cases, records, split=split,
-                               run_case_ids=[e.case_id for e in selection.failed + selection.missing])
+                               run_case_ids=[e.case_id for e in selection.failed + selection.missing],
+                               listed_case_ids=selection.case_ids)
     refused = [{"prediction": str(p), "reason": why} for p, why in selection.refused + pairing.refused]
     if not pairing.pairs and not pairing.duplicates:
         reasons = [f"{Path(r['prediction']).name}: {r['reason']}" for r in refused]
@@ -133,7 +144,7 @@ def evaluate_predictions(
     clinical: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for case, prediction in pairing.pairs:
-        _score_pair(case, prediction, baseline, tolerance_mm, tmax_threshold_s, rows, clinical, failures)
+        _score_pair(case, prediction, baseline, tolerance_mm, tmax_threshold_s, rows, clinical, failures, metrics)
     for case, files in pairing.duplicates:
         error = CaseError(case.key, str(files[0]),
                           f"several predictions name this case: {', '.join(str(f) for f in files)}; keep one")
@@ -243,9 +254,10 @@ def evaluate_predictions(
                 "written": len(selection.predictions) + len(selection.missing), "failed": len(selection.failed),
             },
             "split": pairing.run_split,
+            "metrics": metrics,
             "conventions": {
                 "dice": "1.0 when both masks are empty",
-                "lesion_f1": "26-connected lesions; 1.0 when both masks are empty",
+                "lesion_f1": LESION_CONVENTIONS[metrics],
                 "hd95_mm, assd_mm": "NaN when either mask is empty; left out of mean/median/std (n_undefined)",
                 "precision, recall": "1.0 when both masks are empty; NaN when the denominator is empty",
                 "std": "sample standard deviation (ddof=1)",

@@ -5,7 +5,10 @@ A prediction names its case in one of the conventions of :mod:`pipeline.formats`
 - ``<case_id>.nii.gz`` (or ``.nii``, ``.mha``, ``.nrrd``): the case id;
 - ``SMIR.<name>.<ID>.nii``: the ISLES 2018 submission name, ID being the SMIR id of the case's CT_MTT
   folder (the datalist's ``smir_id``, or ``mtt_id`` in the synthetic ``TESTING_GROUND_TRUTH/cases.csv``);
-- ``<sub>_ses-XXXX_msk.nii.gz`` (ISLES 2022): the subject, or ``<sub>_<ses>`` for multi-session subjects.
+- ``<sub>_ses-XXXX_msk.nii.gz`` (ISLES 2022): the subject, or ``<sub>_<ses>`` for multi-session subjects;
+- ``<case_id>/images/stroke-lesion-segmentation/output.mha`` (the ISLES 2024 container's output, one folder per case),
+  or the container's single ``images/stroke-lesion-segmentation/output.mha``: the case its run's manifest lists for
+  the file, else the folder above ``images``.
 
 Splits: a datalist or dataset root holds training and test cases that may share a case id (ISLES 2018's
 ``case_1``...). A prediction is paired with the record of the split its name matches; when its name
@@ -18,28 +21,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pipeline.evaluation.cases import EvaluationCase
-from pipeline.formats import parse_case_file_name, parse_isles2018_submission_name, parse_isles2022_name
+from pipeline.formats import (
+    parse_case_file_name, parse_isles2018_submission_name, parse_isles2022_name, parse_isles2024_output_name,
+)
 
 PREDICTION_PATTERNS = (
     "<case_id>.nii.gz (or .nii, .mha, .nrrd)",
     "SMIR.<name>.<ID>.nii (ID: the SMIR id of the case's CT_MTT folder)",
     "<sub>_ses-XXXX_msk.nii.gz",
+    "<case_id>/images/stroke-lesion-segmentation/output.mha",
 )
 
 
-def prediction_names(path: str | Path) -> list[tuple[str, str]]:
+def prediction_names(path: str | Path, listed_case_id: str | None = None) -> list[tuple[str, str]]:
     """The ways a prediction file may name its case, most specific first.
 
     Args:
         path: a prediction file.
+        listed_case_id: the case its run's manifest lists for it, used for names that carry no case id of their
+            own (the ISLES 2024 container's ``output.mha``).
 
     Returns:
         ``(kind, value)`` pairs: ``("case_id", stem)``, ``("smir_id", ID)`` for ``SMIR.<name>.<ID>``,
-        and ``("case_id", "<sub>_<ses>")``/``("case_id", "<sub>")`` for ISLES 2022 names.
+        ``("case_id", "<sub>_<ses>")``/``("case_id", "<sub>")`` for ISLES 2022 names, and for an ISLES 2024
+        container output the listed case then the folder above ``images``.
     """
+    container, folder_case = parse_isles2024_output_name(path)
+    if container:
+        ids = [listed_case_id, folder_case]
+        return [("case_id", i) for i in dict.fromkeys(i for i in ids if i)]
     stem = parse_case_file_name(path)
     names = [("case_id", stem)]
     smir_id = parse_isles2018_submission_name(path)
@@ -163,6 +176,7 @@ def pair_predictions(
     records: Sequence[EvaluationCase] | None = None,
     split: str | None = None,
     run_case_ids: Sequence[str] = (),
+    listed_case_ids: Mapping[Path, str] | None = None,
 ) -> Pairing:
     """Pair prediction files with truth cases by case id, SMIR submission name or ISLES 2022 name.
 
@@ -174,12 +188,15 @@ def pair_predictions(
             labelled namesake's of the other split.
         split: pair with records of this split only (``None``: any).
         run_case_ids: more case ids of the run (a manifest's cases), used to tell the run's split.
+        listed_case_ids: prediction file -> the case its manifest lists it for (see :func:`prediction_names`).
 
     Returns:
         The :class:`Pairing`.
     """
     records = list(cases) if records is None else list(records)
-    readings = [(Path(path), *_matches(prediction_names(path), records, split)) for path in predictions]
+    listed = {Path(p): c for p, c in (listed_case_ids or {}).items()}
+    readings = [(Path(path), *_matches(prediction_names(path, listed.get(Path(path))), records, split))
+                for path in predictions]
     run_split = split or infer_run_split(
         [found for _, _, found in readings] + [_matches([("case_id", i)], records, None)[1] for i in run_case_ids]
     )

@@ -18,6 +18,7 @@ from pipeline.errors import CaseError
 from pipeline.evaluation.cases import EvaluationCase, read_volume
 from pipeline.evaluation.result import ROW_COLUMNS
 from pipeline.io import Geometry
+from pipeline.evaluation.lesion_matching import convention_lesion_counts
 from pipeline.metrics import case_metrics, volume_ml
 from pipeline.io.geometry import grid_difference
 
@@ -102,7 +103,8 @@ def _clinical_row(case: EvaluationCase, prediction: Path, pred: np.ndarray, spac
 
 
 def _score_pair(case: EvaluationCase, prediction: Path, baseline: str | None, tolerance_mm: float,
-                tmax_threshold_s: float, rows: list, clinical: list, failures: list) -> None:
+                tmax_threshold_s: float, rows: list, clinical: list, failures: list,
+                metrics: str = "isles2022") -> None:
     truth_path = str(case.label)
     pred_path = str(prediction)
     try:
@@ -111,7 +113,7 @@ def _score_pair(case: EvaluationCase, prediction: Path, baseline: str | None, to
         _check_grid(case, pred_path, pred_geometry, truth_path, truth_geometry, "prediction", tolerance_mm)
         spacing = truth_geometry.spacing[: truth.ndim]
         rows.append({**_blank_row(case.key, "model", "ok", pred_path, truth_path),
-                     **case_metrics(pred, truth, spacing)})
+                     **case_metrics(pred, truth, spacing, convention_lesion_counts(metrics, pred, truth))})
     except (CaseError, ValueError) as err:
         rows.append(_blank_row(case.key, "model", "failed", pred_path, truth_path, str(err)))
         failures.append({"case_id": case.key, "method": "model", "files": [pred_path, truth_path], "error": str(err)})
@@ -140,7 +142,8 @@ def _score_pair(case: EvaluationCase, prediction: Path, baseline: str | None, to
             except ValueError as err:
                 raise CaseError(case.key, cbf_path, f"threshold rule on {cbf_path} and {tmax_path}: {err}") from err
             rows.append({**_blank_row(case.key, "threshold", "ok", f"threshold({cbf_path}, {tmax_path})", truth_path),
-                         **case_metrics(threshold_mask, truth, spacing)})
+                         **case_metrics(threshold_mask, truth, spacing,
+                                        convention_lesion_counts(metrics, threshold_mask, truth))})
         except CaseError as err:
             rows.append(_blank_row(case.key, "threshold", "failed", "", truth_path, str(err)))
             failures.append({"case_id": case.key, "method": "threshold",

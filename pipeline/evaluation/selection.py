@@ -46,6 +46,7 @@ class Selection:
         failed: manifest entries of cases the run failed on.
         manifest: the manifest's path, ``None`` when the folder has none.
         run_ids: the manifest's run id(s).
+        case_ids: prediction file -> the case the manifest lists it for.
     """
 
     files: list[Path]
@@ -55,6 +56,7 @@ class Selection:
     failed: list[ManifestEntry] = field(default_factory=list)
     manifest: Path | None = None
     run_ids: list[str] = field(default_factory=list)
+    case_ids: dict[Path, str] = field(default_factory=dict)
 
 
 def select_predictions(pred_dir: str | Path) -> Selection:
@@ -103,4 +105,5 @@ def select_predictions(pred_dir: str | Path) -> Selection:
         refused.append((path, why + "; a stale result or a file copied in: not scored (remove it, or predict "
                         "again with --overwrite into this folder)"))
     missing = [e for e in entries if e.status == WRITTEN and e.file not in by_name]
-    return Selection(files, predictions, refused, missing, failed, manifest, run_ids)
+    case_ids = {path: written[name].case_id for name, path in by_name.items() if name in written}
+    return Selection(files, predictions, refused, missing, failed, manifest, run_ids, case_ids)

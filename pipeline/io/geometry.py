@@ -17,6 +17,9 @@ from pipeline.errors import CaseError, GeometryError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+# A DICOM Part 10 file starts with a 128-byte preamble and the marker b"DICM".
+DICOM_PREAMBLE_BYTES = 128
+SERIES_INSTANCE_UID_TAG = "0020|000e"
 # ITK works in LPS, MONAI and NIfTI in RAS: flip the first two world axes.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -120,25 +123,94 @@ def _sitk_affine(image: sitk.Image) -> np.ndarray:
     return _LPS_TO_RAS @ affine
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder))
+def is_dicom_file(path: str | Path) -> bool:
+    """True when ``path`` is a DICOM Part 10 file (the ``DICM`` marker after the 128-byte preamble), whatever its
+    suffix; a folder, an unreadable or a shorter file is not."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(DICOM_PREAMBLE_BYTES + 4)[DICOM_PREAMBLE_BYTES:] == b"DICM"
+    except OSError:  # a folder, a vanished or unreadable file
+        return False
+
+
+def _series_instance_uid(path: Path) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if not reader.HasMetaDataKey(SERIES_INSTANCE_UID_TAG):
+        raise ValueError(f"{path}: the DICOM file has no SeriesInstanceUID")
+    return reader.GetMetaData(SERIES_INSTANCE_UID_TAG).strip(" \0")
+
+
+def dicom_series_files(path: str | Path) -> list[str]:
+    """The files of one DICOM series, in SimpleITK's reading order (along the slice normal).
+
+    A series is named by a folder that holds it alone, or by any one of its files when its folder holds several
+    series: the files of that folder (not its subfolders) with the file's SeriesInstanceUID.
+
+    Args:
+        path: a folder holding one DICOM series, or one DICOM file of a series.
+
+    Returns:
+        The paths of the series' files.
+
+    Raises:
+        ValueError: the folder holds no DICOM series, or several (the message lists their UIDs), or the file has no
+            SeriesInstanceUID.
+        RuntimeError: SimpleITK cannot read the file's header.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not uids:
+            raise ValueError(f"{folder}: no DICOM series found in this folder")
+        if len(uids) > 1:
+            raise ValueError(f"{folder}: the folder holds {len(uids)} DICOM series ({', '.join(uids)}); name one "
+                             "series by one of its files")
+        uid = uids[0]
+    else:
+        folder, uid = path.parent, _series_instance_uid(path)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     if not files:
-        raise ValueError(f"{folder}: no DICOM series found in this folder")
+        raise ValueError(f"{path}: no DICOM series {uid} found in {folder}")
     return list(files)
 
 
+# the name pipeline.io.dtypes imports
+_dicom_series_files = dicom_series_files
+
+
+def read_dicom_series(path: str | Path) -> sitk.Image:
+    """Read the DICOM series that ``path`` names (see :func:`dicom_series_files`) with SimpleITK.
+
+    Raises:
+        ValueError: see :func:`dicom_series_files`.
+        RuntimeError: SimpleITK cannot read the series.
+    """
+    series = sitk.ImageSeriesReader()
+    series.SetFileNames(dicom_series_files(path))
+    return series.Execute()
+
+
+def is_dicom_series(path: str | Path) -> bool:
+    """True when ``path`` names a DICOM series: a folder, or a DICOM Part 10 file (read as its whole series)."""
+    return Path(path).is_dir() or is_dicom_file(path)
+
+
 def read_geometry(path: str | Path) -> Geometry:
-    """Read the grid of an image file (NIfTI, MHA/NRRD, or a DICOM series folder) from its header.
+    """Read the grid of an image file (NIfTI, MHA/NRRD, or a DICOM series) from its header.
 
     Args:
-        path: the file, or a folder holding one DICOM series.
+        path: the file, or a DICOM series: a folder holding it alone, or one of its files (see
+            :func:`dicom_series_files`).
 
     Returns:
         Its :class:`Geometry`; ``spacing_note`` says when the NIfTI header quirk was met.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read as an image.
+        ValueError: the file cannot be read as an image, or a folder holds no DICOM series or several.
     """
     path = Path(path)
     if not path.exists():
@@ -149,11 +221,9 @@ def read_geometry(path: str | Path) -> Geometry:
             affine, note = resolve_nifti_affine(img, str(path))
             return Geometry(str(path), tuple(int(s) for s in img.shape), affine,
                             tuple(float(s) for s in _spacing_of(affine)), np.array(img.affine), note)
-        if path.is_dir():
+        if is_dicom_series(path):
             # the slice spacing of a series is only known from all its files: read the series
-            series = sitk.ImageSeriesReader()
-            series.SetFileNames(_dicom_series_files(path))
-            info = series.Execute()
+            info = read_dicom_series(path)
             size = list(info.GetSize())
         else:
             reader = sitk.ImageFileReader()

@@ -6,6 +6,7 @@ package does not load it; the package resolves its names on first use.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,14 @@ from monai.data import ImageReader, NibabelReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from pipeline.io.geometry import SITK_SUFFIXES, _dicom_series_files, _sitk_affine, is_nifti, resolve_nifti_affine
+from pipeline.io.geometry import (
+    SITK_SUFFIXES, _sitk_affine, is_dicom_series, is_nifti, read_dicom_series, resolve_nifti_affine,
+)
+
+# MONAI's LoadImage builds its pydicom reader whenever pydicom is installed, which announces that its GPU decoder
+# plugin (nvImageCodec) is missing; this project reads DICOM series with SimpleITK, so the message is noise to users.
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 class SpacingAwareNibabelReader(NibabelReader):
@@ -46,30 +54,32 @@ class SpacingAwareNibabelReader(NibabelReader):
 
 # MONAI has readers for nibabel, ITK and pydicom but none built on SimpleITK.
 class SimpleITKReader(ImageReader):
-    """Read ``.mha``/``.mhd``/``.nrrd`` files and DICOM series folders with SimpleITK.
+    """Read ``.mha``/``.mhd``/``.nrrd`` files and DICOM series with SimpleITK.
+
+    A DICOM series is named by its folder, or by one of its files (any suffix, or none) when the folder holds
+    several series: a DICOM file is read as the whole series it belongs to
+    (:func:`pipeline.io.geometry.dicom_series_files`).
 
     The array is returned in (x, y, z) order like NIfTI data, and the affine in RAS like MONAI's
     other readers. Vector images put their components last (``original_channel_dim = -1``).
     """
 
     def verify_suffix(self, filename) -> bool:
-        """True for the suffixes SimpleITK is used for here, and for folders (DICOM series)."""
+        """True for the suffixes SimpleITK is used for here, for folders and for DICOM files (DICOM series)."""
         names = filename if isinstance(filename, (list, tuple)) else [filename]
-        return all(Path(n).is_dir() or str(n).lower().endswith(SITK_SUFFIXES) for n in names)
+        return all(str(n).lower().endswith(SITK_SUFFIXES) or is_dicom_series(n) for n in names)
 
     def read(self, data, **kwargs):
         """Read one path or a list of paths; returns a SimpleITK image or a list of them.
 
         Raises:
-            ValueError: a folder holds no DICOM series.
+            ValueError: a folder holds no DICOM series, or several.
         """
         images = []
         for name in data if isinstance(data, (list, tuple)) else [data]:
             path = Path(name)
-            if path.is_dir():
-                series = sitk.ImageSeriesReader()
-                series.SetFileNames(_dicom_series_files(path))
-                images.append(series.Execute())
+            if is_dicom_series(path):
+                images.append(read_dicom_series(path))
             else:
                 images.append(sitk.ReadImage(str(path)))
         return images if len(images) > 1 else images[0]
@@ -101,11 +111,12 @@ class SimpleITKReader(ImageReader):
 def read_array(path: str | Path) -> np.ndarray:
     """Read an image's voxels as stored, in (x, y, z[, ...]) order, without resampling.
 
-    NIfTI is read with nibabel (scaling applied), MHA/NRRD files and DICOM series folders with
-    :class:`SimpleITKReader` (vector components last).
+    NIfTI is read with nibabel (scaling applied), MHA/NRRD files and DICOM series (a folder, or one file of the
+    series) with :class:`SimpleITKReader` (vector components last).
 
     Raises:
         OSError, RuntimeError, EOFError, nibabel's ImageFileError: the file cannot be read.
+        ValueError: a DICOM folder holds no series, or several.
     """
     if is_nifti(path):
         return np.asanyarray(nib.load(str(path)).dataobj)

@@ -165,14 +165,22 @@ def run_predict(args) -> int:
         if not records:
             raise ValueError(f"{datalist_path}: no {split!r} records to predict")
         channels = list(datalist.get("channels") or [])
+        if args.format == "dicom-seg" and datalist.get("layout") != "dicom":
+            raise ValueError(f"--format dicom-seg writes DICOM Segmentations of DICOM series, and {input_path} was read "
+                             f"as the {datalist.get('layout') or 'unknown'!r} layout; give a folder of DICOM series "
+                             "per patient (or its datalist from prepare), or choose another --format")
         check_records(records, datalist_path, split, channels or None)
-        planned_output_names(records, args.format, args.name, ".nii.gz", bool(args.probabilities))
+        # the challenge container's run has one case; a run of several writes one folder per case
+        case_folders = args.format == "isles2024" and len(records) > 1
+        planned_output_names(records, args.format, args.name, ".nii.gz", bool(args.probabilities), case_folders)
         settings = [
             ("datalist", str(datalist_path)), ("data_split", split), ("output_dir", str(output_dir)),
             ("ckpt_path", str(checkpoints[0]) if len(checkpoints) == 1 else json.dumps([str(c) for c in checkpoints])),
-            ("output_format", args.format), ("team_name", args.name),
+            ("output_format", "nifti" if args.format == "dicom-seg" else args.format), ("team_name", args.name),
             ("save_probabilities", bool(args.probabilities)), ("channels", channels), ("prediction_run_id", run_id),
         ]
+        if case_folders:
+            settings.append(("case_folders", True))
         if getattr(args, "strict", False):
             settings.append(("strict_channels", True))
         if getattr(args, "tta", False):
@@ -205,6 +213,10 @@ def run_predict(args) -> int:
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
             status = run_command(command, condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
+            if args.format == "dicom-seg":
+                from pipeline.predict.dicom_outputs import add_dicom_outputs
+
+                add_dicom_outputs(staging, records, checkpoints, bundle)
             manifest = read_manifest(staging)
             if manifest is None:
                 raise CaseError(None, str(output_dir),

@@ -183,9 +183,20 @@ class ResilientEvaluator(SupervisedEvaluator):
         paths = [item.get(self.path_key) for item in items if isinstance(item, Mapping)]
         for case_id, path in zip(case_ids, paths):
             if path:
-                self.written.append({"case_id": case_id, "file": Path(str(path)).name, "written_at": utc_now(),
+                self.written.append({"case_id": case_id, "file": self._file_name(path), "written_at": utc_now(),
                                      **stages})
         return output
+
+    def _file_name(self, path: str | Path) -> str:
+        """A written file's name in the manifest: its path relative to the manifest's folder (POSIX separators;
+        formats such as ``isles2024`` write into subfolders), else its name."""
+        path = Path(str(path))
+        if self.manifest_path is not None:
+            try:
+                return path.resolve().relative_to(self.manifest_path.parent.resolve()).as_posix()
+            except ValueError:
+                pass
+        return path.name
 
     def failures_csv(self) -> str:
         """The failures table as CSV text (header ``case_id,error``)."""

@@ -2,6 +2,9 @@
 
 A run writes into ``--output/.staging-<pid>-<run id>``; when it has finished, :func:`publish_results` replaces
 every result of an earlier run with the staged ones, the manifest last, so the folder always holds one run.
+Results lie at the top of the folder, except the ISLES 2024 container's output, which lies in its own subfolders
+(``images/stroke-lesion-segmentation/``, or ``<case>/images/stroke-lesion-segmentation/`` per case): only those
+known subfolders are searched, so nothing else a user keeps under ``--output`` is ever taken for a result.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.bundles import process_alive
+from pipeline.formats import DICOM_SIDE_SUFFIXES, ISLES2024_OUTPUT_FOLDER
 from pipeline.io import IMAGE_SUFFIXES, fsync_directory, remove_stale_partials
 from pipeline.manifest import MANIFEST_NAME, PROBABILITIES_SUFFIX, RUN_FILES
 
@@ -18,21 +22,35 @@ STAGING_PREFIX = ".staging-"
 
 
 def is_result_file(path: Path) -> bool:
-    """True for a file a predict run writes: a prediction image, a probability map, the manifest or the failures
-    table (hidden files, partial writes among them, are not results)."""
+    """True for a file a predict run writes: a prediction image, a probability map, a DICOM case's summary, the
+    manifest or the failures table (hidden files, partial writes among them, are not results)."""
     name = path.name
     if name.startswith("."):
         return False
-    return name in RUN_FILES or name.lower().endswith(IMAGE_SUFFIXES) or name.endswith(PROBABILITIES_SUFFIX)
+    return (name in RUN_FILES or name.lower().endswith(IMAGE_SUFFIXES) or name.endswith(PROBABILITIES_SUFFIX)
+            or name.endswith(tuple(DICOM_SIDE_SUFFIXES.values())))
+
+
+def result_files(folder: Path) -> list[str]:
+    """The result files of a prediction folder (or of a staging folder), as names relative to it (POSIX
+    separators): the files at its top that :func:`is_result_file` accepts, and those in the ISLES 2024 container's
+    output folders (``images/stroke-lesion-segmentation/`` and ``<case>/images/stroke-lesion-segmentation/``)."""
+    if not folder.is_dir():
+        return []
+    names = [p.name for p in folder.iterdir() if p.is_file() and is_result_file(p)]
+    output_folders = [folder.joinpath(*ISLES2024_OUTPUT_FOLDER)]
+    output_folders += [case.joinpath(*ISLES2024_OUTPUT_FOLDER) for case in folder.iterdir()
+                       if case.is_dir() and not case.is_symlink() and not case.name.startswith(".")]
+    for output in output_folders:
+        if output.is_dir() and not output.is_symlink():
+            names += [p.relative_to(folder).as_posix() for p in output.iterdir() if p.is_file() and is_result_file(p)]
+    return sorted(names)
 
 
 def existing_outputs(output_dir: Path) -> list[Path]:
-    """Prediction files already in ``output_dir`` (images and probability maps; not hidden or partial files)."""
-    if not output_dir.is_dir():
-        return []
-    return sorted(p for p in output_dir.iterdir()
-                  if p.is_file() and is_result_file(p) and p.name not in RUN_FILES)
-
+    """Prediction files already in ``output_dir`` (images and probability maps, see :func:`result_files`; not the
+    manifest, hidden or partial files)."""
+    return [output_dir / name for name in result_files(output_dir) if name not in RUN_FILES]
 
 
 def clear_stale_staging(output_dir: Path) -> list[Path]:
@@ -57,14 +75,34 @@ def publish_results(staging: Path, output_dir: Path) -> list[Path]:
         The published files.
     """
     (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    fresh = {p.name for p in staging.iterdir() if p.is_file() and is_result_file(p)}
-    for old in output_dir.iterdir():
-        if old.is_file() and is_result_file(old):
-            old.unlink()
+    fresh = result_files(staging)
+    emptied = set()
+    for old in result_files(output_dir):
+        (output_dir / old).unlink()
+        emptied.update(_subfolders(output_dir, old))
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        _remove_if_empty(folder)
     fsync_directory(output_dir)
     published = []
     for name in sorted(fresh, key=lambda n: n == MANIFEST_NAME):
-        os.replace(staging / name, output_dir / name)
-        published.append(output_dir / name)
+        target = output_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, target)
+        published.append(target)
+        for folder in sorted(set(_subfolders(output_dir, name)), key=lambda p: len(p.parts), reverse=True):
+            fsync_directory(folder)
     fsync_directory(output_dir)
     return published
+
+
+def _subfolders(output_dir: Path, name: str) -> list[Path]:
+    """The folders between ``output_dir`` and the file ``name`` (relative), innermost first."""
+    parts = name.split("/")[:-1]
+    return [output_dir.joinpath(*parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: it holds something of the user's, which stays
+        pass

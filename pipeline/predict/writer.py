@@ -12,11 +12,10 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from pipeline.errors import CaseError
-from pipeline.formats import ISLES2018_SUBMISSION_SUFFIX
 from pipeline.io import atomic_path, write_mask_like
-from pipeline.paths import path_in
+from pipeline.paths import path_under
 from pipeline.postprocessing.lesion_mask import LesionPostprocessing, lesion_mask, voxel_volume_ml
-from pipeline.predict.names import OUTPUT_FORMATS, prediction_filename, probabilities_filename
+from pipeline.predict.names import BUNDLE_FORMATS, format_extension, prediction_filename, probabilities_filename
 
 
 def _first(value: Any) -> Any:
@@ -44,6 +43,9 @@ class SavePredictiond(MapTransform):
         output_format: see :func:`prediction_filename`.
         team_name: ISLES 2018 team name.
         extension: file extension for the ``nifti`` and ``isles2022`` formats.
+        case_folders: ``isles2024`` only: each case's output under a folder named by its case id (``predict`` sets it
+            for a run of several cases; the challenge container's run has one, written at the top).
+
         reference_key, case_key, smir_key: record keys of the reference file, case id and SMIR id.
         save_probabilities: also write the probabilities.
         threshold, min_component_ml: the post-processing (``postprocessing.json`` of the model, see
@@ -67,13 +69,15 @@ class SavePredictiond(MapTransform):
         save_probabilities: bool = False,
         threshold: float = 0.5,
         min_component_ml: float = 0.0,
+        case_folders: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-        if output_format == "isles2018":
-            extension = ISLES2018_SUBMISSION_SUFFIX
+        if output_format not in BUNDLE_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}; choose one of {', '.join(BUNDLE_FORMATS)}")
+        extension = format_extension(output_format, extension)
+        self.case_folders = bool(case_folders)
+
         self.output_dir = Path(output_dir)
         self.output_format = output_format
         self.team_name = team_name
@@ -94,17 +98,19 @@ class SavePredictiond(MapTransform):
         if not reference:
             raise CaseError(case_id, None, f"the record has no {self.reference_key!r} file to take the output grid from")
         name = prediction_filename(
-            self.output_format, case_id, str(reference), _first(d.get(self.smir_key)), self.team_name, self.extension
+            self.output_format, case_id, str(reference), _first(d.get(self.smir_key)), self.team_name, self.extension,
+            self.case_folders,
         )
         for key in self.key_iterator(d):
             probabilities = torch.as_tensor(d[key]).detach().float().cpu()
             foreground = probabilities[1:].sum(0) if probabilities.shape[0] > 1 else probabilities[0]
             affine = np.asarray(getattr(d[key], "affine", np.eye(4)))
             mask = lesion_mask(foreground.numpy(), voxel_volume_ml(affine), self.postprocessing)
-            path = write_mask_like(mask, reference, path_in(self.output_dir, name, case_id, "output name"))
+            path = write_mask_like(mask, reference, path_under(self.output_dir, name, case_id, "output name"))
             d[f"{key}_path"] = str(path)
             if self.save_probabilities:
-                target = path_in(self.output_dir, probabilities_filename(name, self.extension), case_id, "output name")
+                target = path_under(self.output_dir, probabilities_filename(name, self.extension), case_id,
+                                    "output name")
                 with atomic_path(target) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez_compressed(f, probabilities=foreground.numpy().astype(np.float16), affine=affine)

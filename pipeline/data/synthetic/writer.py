@@ -19,6 +19,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
 from pipeline.baseline import threshold_rule
 from pipeline.data.synthetic.acquisition import DEFAULT_PHANTOM, PHANTOMS, AcquisitionSettings
@@ -26,11 +27,12 @@ from pipeline.data.synthetic.geometry import plan_patients
 from pipeline.data.synthetic.imaging import MODALITIES, PWI_FRAME_INTERVAL_S
 from pipeline.data.synthetic.patients import render_patient
 from pipeline.formats import (
-    GROUND_TRUTH_COLUMNS, GROUND_TRUTH_CSV, GROUND_TRUTH_FOLDER, ISLES2018_SPLIT_FOLDERS, ISLES2024_DERIVATIVES,
-    ISLES2024_LABEL_SUFFIX, ISLES2024_RAW_FOLDERS, SYNTHETIC_TABLE_CSV, case_file_name, ground_truth_row,
-    isles2018_case_folder, isles2018_folder_name, isles2018_image_name, isles2024_file, isles2024_subject,
+    GROUND_TRUTH_COLUMNS, GROUND_TRUTH_CSV, GROUND_TRUTH_FOLDER, ISLES2018_SPLIT_FOLDERS,
+    ISLES2024_CONTAINER_TEST_FOLDER, ISLES2024_DERIVATIVES, ISLES2024_LABEL_SUFFIX, ISLES2024_RAW_FOLDERS,
+    SYNTHETIC_TABLE_CSV, case_file_name, ground_truth_row, isles2018_case_folder, isles2018_folder_name,
+    isles2018_image_name, isles2024_container_input, isles2024_file, isles2024_subject,
 )
-from pipeline.io import atomic_write_json, atomic_write_text, save_nifti_atomic
+from pipeline.io import atomic_path, atomic_write_json, atomic_write_text, save_nifti_atomic
 from pipeline.metrics import dice_score
 
 __all__ = [
@@ -82,7 +84,8 @@ class SynthSummary:
 # the layouts synth writes, and the folders and files each owns (an --overwrite removes them)
 SYNTHETIC_LAYOUTS = ("isles2018", "isles2024")
 _OWNED = {"isles2018": (TRAINING_FOLDER, TESTING_FOLDER, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV),
-          "isles2024": (ISLES2024_RAW_FOLDERS[0], ISLES2024_DERIVATIVES, GROUND_TRUTH_FOLDER, CASE_TABLE_CSV)}
+          "isles2024": (ISLES2024_RAW_FOLDERS[0], ISLES2024_DERIVATIVES, GROUND_TRUTH_FOLDER,
+                        ISLES2024_CONTAINER_TEST_FOLDER, CASE_TABLE_CSV)}
 # ISLES 2024 channel files: the phantom's image of each (the NCCT is the CT; the maps lie on its grid already)
 _ISLES2024_IMAGES = {"ncct": "CT", "cbf": "CT_CBF", "cbv": "CT_CBV", "mtt": "CT_MTT", "tmax": "CT_Tmax"}
 _TABLE_COLUMNS = (
@@ -143,7 +146,25 @@ def _write_isles2024_case(root: Path, subject: str, split: str, slab: Any, affin
     label = root / (isles2024_file(subject, ISLES2024_LABEL_SUFFIX) if split == "training"
                     else Path(GROUND_TRUTH_FOLDER, case_file_name(subject)))
     files.append(save_nifti_atomic(_nifti(slab.images["OT"], affine), label))
+    if split == "testing":
+        files += _write_isles2024_container_input(root, subject, files[: len(_ISLES2024_IMAGES)])
     return files
+
+
+def _write_isles2024_container_input(root: Path, subject: str, images: list[Path]) -> list[Path]:
+    """A test subject as the challenge container receives it: each channel as ``.mha`` (with the NIfTI's geometry,
+    through SimpleITK) under ``TESTING_CONTAINER_INPUT/<subject>/images/<slug>/<subject>.mha``. Returns the files."""
+    written = []
+    for (suffix, _), source in zip(_ISLES2024_IMAGES.items(), images):
+        modality = "NCCT" if suffix == "ncct" else {"cbf": "CBF", "cbv": "CBV", "mtt": "MTT", "tmax": "Tmax"}[suffix]
+        target = root / ISLES2024_CONTAINER_TEST_FOLDER / subject / isles2024_container_input(modality, f"{subject}.mha")
+        image = sitk.ReadImage(str(source))
+        plain = sitk.GetImageFromArray(sitk.GetArrayFromImage(image))  # the grid without the NIfTI header's fields
+        plain.CopyInformation(image)
+        with atomic_path(target) as tmp:
+            sitk.WriteImage(plain, str(tmp), useCompression=True)
+        written.append(target)
+    return written
 
 
 def write_synthetic_dataset(
