@@ -95,11 +95,27 @@ def test_unet_torchscript_export_with_deep_supervision():
         assert torch.allclose(scripted(x), net(x), atol=1e-6)
 
 
+def test_unet_of_depth_one_has_the_blocks_of_dynunet_first_and_last_levels():
+    # DynUNet needs two downsamplings; depth 1 (the UNet++ paper's U-Net L1) keeps the blocks a depth-1 one would have
+    net = UNet(spatial_dims=3, in_channels=4, out_channels=2, strides=[[2, 2, 1]], kernel_sizes=[[3, 3, 1]] * 2,
+               features=[4, 6], norm="instance", deep_supervision=True)
+    donor = DynUNet(3, 4, 2, kernel_size=[[3, 3, 1]] * 3, strides=[[1, 1, 1]] + [[2, 2, 1]] * 2,
+                    upsample_kernel_size=[[2, 2, 1]] * 2, filters=[4, 6, 6], norm_name="instance", trans_bias=True)
+    kept = (donor.input_block, donor.downsamples[0], donor.upsamples[-1], donor.output_block)
+    assert count_parameters(net) == sum(count_parameters(block) for block in kept)
+    x = torch.randn(2, 4, 21, 18, 2)
+    assert net.train()(x).shape == (2, 1, 2, 21, 18, 2)  # deep supervision: the main output alone
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net.eval())(x), net(x), atol=1e-6)
+    with pytest.raises(ValueError, match="deep_supervision_heads must be between 0 and depth-1=0"):
+        UNet(spatial_dims=2, depth=1, deep_supervision=True, deep_supervision_heads=1)
+
+
 def test_unet_rejects_what_dynunet_cannot_do():
     with pytest.raises(ValueError, match="only upsample='deconv'"):
         tiny_unet(upsample="nontrainable")
-    with pytest.raises(ValueError, match="depth must be between 2 and 6"):
-        UNet(spatial_dims=2, depth=1)
+    with pytest.raises(ValueError, match="depth must be between 1 and 6"):
+        UNet(spatial_dims=2, depth=7)
     with pytest.raises(ValueError, match="deep_supervision_heads"):
         tiny_unet(deep_supervision=True, deep_supervision_heads=4)
 
@@ -191,6 +207,18 @@ def test_fcn8s_fuses_pool3_scores_by_addition():
         out = net(torch.zeros(1, 1, 64, 64))
     # A constant 1 at 1/8 resolution, bilinearly upsampled: 1 away from the zero-padded border.
     assert torch.allclose(out[0, 0, 8:-8, 8:-8], torch.ones(48, 48), atol=1e-5)
+
+
+def test_fcn_with_in_plane_kernels_computes_each_slice_on_its_own():
+    net = FCN8s(3, 4, 2, strides=[[2, 2, 1]] * 5, kernel_sizes=[[3, 3, 1]] * 5, fc_kernel_size=[3, 3, 1],
+                features=(4, 6, 8, 8, 8), fc_features=8).eval()
+    for score in (net.score_fr, net.score_pool4, net.score_pool3):  # zero at start: give the scores some weight
+        torch.nn.init.normal_(score.conv.weight)
+    x = torch.randn(1, 4, 32, 32, 3)
+    with torch.no_grad():
+        whole = net(x)
+        for k in range(3):
+            assert torch.allclose(whole[..., k : k + 1], net(x[..., k : k + 1]), atol=1e-5)
 
 
 def test_fcn_torchscript_export():

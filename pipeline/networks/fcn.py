@@ -35,6 +35,7 @@ from pipeline.networks.common import (
     pad_to_multiple,
     per_level_sizes,
 )
+from pipeline.networks.unit_axis import fold_unit_axes
 
 __all__ = ["FCN", "FCN8s", "FCN16s", "FCN32s", "FCN_VARIANTS", "bilinear_kernel"]
 
@@ -95,8 +96,10 @@ class FCN(nn.Module):
         variant: ``"32s"``, ``"16s"`` or ``"8s"``.
         features: channels of the five encoder blocks.
         convs_per_block: convolutions in each block (VGG-16: ``(2, 2, 3, 3, 3)``).
+        kernel_sizes: kernel of the convolutions of each block, five entries (int or one per axis); default 3 (VGG's).
+            ``[3, 3, 1]`` convolves thin 3D slabs in-plane only, like the U-Nets' anisotropic levels.
         fc_features: channels of fc6 and fc7.
-        fc_kernel_size: kernel of fc6 (VGG's 7; default 3 to keep it small); fc7 is 1x1.
+        fc_kernel_size: kernel of fc6 (VGG's 7; default 3 to keep it small), an int or one per axis; fc7 is 1x1.
         strides: max-pooling factor after each block, five entries (int or one per axis); default 2.
             Use ``[2, 2, 1]`` for axes that must not be pooled (thin 3D slabs).
         norm: optional MONAI norm after each encoder convolution (VGG has none).
@@ -116,8 +119,9 @@ class FCN(nn.Module):
         variant: str = "8s",
         features: Sequence[int] = (16, 32, 64, 128, 128),
         convs_per_block: Sequence[int] = (2, 2, 3, 3, 3),
+        kernel_sizes: Sequence[Sequence[int] | int] | int | None = None,
         fc_features: int = 256,
-        fc_kernel_size: int = 3,
+        fc_kernel_size: Sequence[int] | int = 3,
         strides: Sequence[Sequence[int] | int] | int | None = None,
         norm: tuple | str | None = None,
         act: tuple | str | None = "relu",
@@ -140,21 +144,23 @@ class FCN(nn.Module):
         self.out_channels = out_channels
         self.variant = variant
         self.strides = per_level_sizes(strides, 5, spatial_dims, 2, "strides")
+        self.kernel_sizes = per_level_sizes(kernel_sizes, 5, spatial_dims, 3, "kernel_sizes")
+        fc_kernel = per_level_sizes([fc_kernel_size], 1, spatial_dims, 3, "fc_kernel_size")[0]
         self.pad_mode = check_pad_mode(pad_mode)
         self.size_divisor: List[int] = list(cumulative_stride(self.strides, spatial_dims))
 
         blocks = []
         channels = in_channels
-        for width, count, stride in zip(features, convs_per_block, self.strides):
+        for width, count, kernel, stride in zip(features, convs_per_block, self.kernel_sizes, self.strides):
             layers: list[nn.Module] = []
             for _ in range(count):
-                layers.append(Convolution(spatial_dims, channels, width, kernel_size=3, act=act, norm=norm))
+                layers.append(Convolution(spatial_dims, channels, width, kernel_size=kernel, act=act, norm=norm))
                 channels = width
             layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride))
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Sequential(
-            Convolution(spatial_dims, features[4], fc_features, kernel_size=fc_kernel_size, act=act, norm=None,
+            Convolution(spatial_dims, features[4], fc_features, kernel_size=fc_kernel, act=act, norm=None,
                         dropout=dropout or None, adn_ordering="AD"),
             Convolution(spatial_dims, fc_features, fc_features, kernel_size=1, act=act, norm=None,
                         dropout=dropout or None, adn_ordering="AD"),
@@ -189,6 +195,8 @@ class FCN(nn.Module):
             if score is not None:
                 nn.init.zeros_(score.conv.weight)
                 nn.init.zeros_(score.conv.bias)
+        if spatial_dims == 3:
+            fold_unit_axes(self)  # convolutions with kernel 1 on an axis as 2D ones over its slices: same output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment ``x`` (N, in_channels, *spatial); returns (N, out_channels, *spatial).

@@ -55,7 +55,9 @@ class UNet(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels (classes).
-        depth: number of downsamplings, 2 to 6 (DynUNet needs at least 2); default ``len(strides)`` or 4.
+        depth: number of downsamplings, 1 to 6; default ``len(strides)`` or 4. DynUNet itself needs at least 2:
+            depth 1 takes the input block, the first down block (as the bottleneck), the last up block and the
+            output block of a depth-2 DynUNet, which are the blocks a depth-1 DynUNet would have.
         strides: downsampling factor per level transition, ``depth`` entries (int or one per axis); default 2.
         kernel_sizes: kernel size per level, ``depth + 1`` entries; default 3.
         features: channels per level, ``depth + 1`` entries; default ``base_features * 2**i``.
@@ -65,15 +67,15 @@ class UNet(nn.Module):
         dropout: dropout probability (0 for none).
         upsample: only ``"deconv"`` (DynUNet upsamples with transposed convolutions).
         deep_supervision: return the auxiliary heads in training mode.
-        deep_supervision_heads: number of auxiliary heads, 1..depth-1; default depth-1 (so the stacked output
-            has ``depth`` entries, like UNet++'s).
+        deep_supervision_heads: number of auxiliary heads, 1..depth-1 (0 at depth 1, whose one decoder level is the
+            output); default depth-1 (so the stacked output has ``depth`` entries, like UNet++'s).
         pad_mode: ``"constant"`` (zeros), ``"replicate"`` or ``"reflect"``.
         size_divisor: per-axis multiple the input is padded to; default the product of the strides.
         bias: bias of the transposed convolutions.
 
     Raises:
-        ValueError: on a depth outside 2..6, an unsupported upsampling mode, a head count outside
-            1..depth-1, or per-level arguments whose length does not match the depth.
+        ValueError: on a depth outside 1..6, an unsupported upsampling mode, a head count outside
+            1..depth-1 (other than 0 at depth 1), or per-level arguments whose length does not match the depth.
     """
 
     def __init__(
@@ -98,16 +100,16 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         depth, features = resolve_depth_and_features(
-            spatial_dims, depth, strides, features, base_features, (2, 6), network_name="U-Net"
+            spatial_dims, depth, strides, features, base_features, (1, 6), network_name="U-Net"
         )
         if upsample != "deconv":
             raise ValueError(f"the U-Net (DynUNet) supports only upsample='deconv', got {upsample!r}")
         if deep_supervision_heads is None:
             deep_supervision_heads = depth - 1
-        if not 1 <= deep_supervision_heads <= depth - 1:
-            raise ValueError(
-                f"deep_supervision_heads must be between 1 and depth-1={depth - 1}, got {deep_supervision_heads}"
-            )
+        fewest_heads = min(1, depth - 1)
+        if not fewest_heads <= deep_supervision_heads <= depth - 1:
+            raise ValueError(f"deep_supervision_heads must be between {fewest_heads} and depth-1={depth - 1}, "
+                             f"got {deep_supervision_heads}")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -119,29 +121,37 @@ class UNet(nn.Module):
         self.deep_supervision = bool(deep_supervision)
         self.pad_mode = check_pad_mode(pad_mode)
         self.size_divisor: List[int] = resolve_size_divisor(size_divisor, self.strides, spatial_dims)
+        # depth 1: a depth-2 DynUNet whose second level repeats the first; only its level-0/1 blocks are kept
+        donor_levels = max(depth, 2)
         dynunet = DynUNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             out_channels=out_channels,
-            kernel_size=self.kernel_sizes,
-            strides=[(1,) * spatial_dims] + self.strides,
-            upsample_kernel_size=self.strides,
-            filters=features,
+            kernel_size=(self.kernel_sizes + self.kernel_sizes[-1:])[: donor_levels + 1],
+            strides=[(1,) * spatial_dims] + (self.strides + self.strides[-1:])[:donor_levels],
+            upsample_kernel_size=(self.strides + self.strides[-1:])[:donor_levels],
+            filters=(features + features[-1:])[: donor_levels + 1],
             dropout=dropout or None,
             norm_name=norm if norm is not None else "",
             act_name=act if act is not None else "",
-            deep_supervision=self.deep_supervision,
-            deep_supr_num=deep_supervision_heads,
+            deep_supervision=self.deep_supervision and deep_supervision_heads > 0,
+            deep_supr_num=max(deep_supervision_heads, 1),
             trans_bias=bias,
         )
         # DynUNet's own forward passes the heads through a list shared between modules, which TorchScript
         # cannot script; its blocks are taken as they are and driven by the loop in ``forward``.
         self.input_block = dynunet.input_block
-        self.downsamples = dynunet.downsamples
-        self.bottleneck = dynunet.bottleneck
-        self.upsamples = dynunet.upsamples
+        if depth == 1:
+            self.downsamples = nn.ModuleList()
+            self.bottleneck = dynunet.downsamples[0]
+            self.upsamples = nn.ModuleList([dynunet.upsamples[-1]])
+        else:
+            self.downsamples = dynunet.downsamples
+            self.bottleneck = dynunet.bottleneck
+            self.upsamples = dynunet.upsamples
         self.output_block = dynunet.output_block
-        self.supervision_heads = dynunet.deep_supervision_heads if self.deep_supervision else nn.ModuleList()
+        self.supervision_heads = (dynunet.deep_supervision_heads if self.deep_supervision and deep_supervision_heads > 0
+                                  else nn.ModuleList())
         if spatial_dims == 3:
             fold_unit_axes(self)  # (3, 3, 1) levels as 2D convolutions over the slices: same weights and output
 

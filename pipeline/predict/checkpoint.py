@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,23 +53,35 @@ def check_checkpoint(checkpoint: Path, network: torch.nn.Module, channels: list[
                     + "); give the plans it was trained with (--plans, or trained_plans.json beside it) or another --checkpoint")
 
 
+def inference_config(bundle: Path, profile: Path, settings: Sequence[tuple[str, object]]):
+    """A bundle's inference config stacked with a dataset profile, with the run's settings set.
+
+    Args:
+        bundle: the bundle folder; profile: the profile YAML.
+        settings: ``(config id, value)`` pairs; a string value is read as ``monai.bundle run`` reads its command line
+            (python-fire's parser: ``False``, ``0``, ``[4,4,8]`` and ``{"a": 1}`` become values, other text stays
+            text), so that the network built here is the one the run builds.
+
+    Returns:
+        The ``monai.bundle.ConfigParser``.
+    """
+    from fire.parser import DefaultParseValue
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "inference.json"), str(profile)])
+    for key, value in settings:
+        parser[key] = DefaultParseValue(value) if isinstance(value, str) else value
+    return parser
+
+
 def configured_network(bundle: Path, profile: Path, settings: list[tuple[str, object]]) -> torch.nn.Module:
     """The ``network_def`` of a bundle's inference config with the run's settings, built on the CPU.
 
     Raises:
         ValueError: the config cannot build the network with these settings.
     """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(bundle / "configs" / "inference.json"), str(profile)])
-    for key, value in settings:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        parser[key] = value
+    parser = inference_config(bundle, profile, settings)
     try:
         return parser.get_parsed_content("network_def")
     except Exception as err:  # noqa: BLE001 - any config error is reported as one message
