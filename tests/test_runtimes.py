@@ -231,3 +231,14 @@ def test_predict_with_each_runtime_writes_the_same_probabilities(dataset, tmp_pa
     # the exports went to the cache, and nothing was written beside the checkpoint
     assert onnx_files(tmp_path / "cache")
     assert [p.name for p in (dataset / "models").iterdir()] == ["model.pt"]
+
+
+def test_the_export_cache_key_tells_apart_the_same_weights_computing_another_network():
+    net = tiny_unetpp()
+    same = tiny_unetpp()
+    assert weights_digest(net) == weights_digest(same)
+    pruned = tiny_unetpp()
+    pruned.inference_level = 2  # the same weights pruned to UNet++ L2: another graph, another export
+    assert weights_digest(pruned) != weights_digest(net)
+    other = tiny_unetpp(seed=1)
+    assert weights_digest(other) != weights_digest(net)

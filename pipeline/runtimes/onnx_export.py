@@ -21,10 +21,24 @@ RUNTIME_CACHE_FOLDER = "compiled"
 CACHE_ENV = "PIPELINE_CACHE_DIR"
 
 
+_SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> str:
+    """A module's class and its plain settings (numbers, strings, flags and tuples of them, such as a UNet++'s
+    ``inference_level``), which change what it computes without changing its weights."""
+    values = {k: v for k, v in vars(module).items() if k != "training" and (
+        isinstance(v, _SETTING_TYPES) or (isinstance(v, (tuple, list)) and all(isinstance(i, _SETTING_TYPES) for i in v)))}
+    return f"{type(module).__qualname__}{sorted(values.items())!r}"
+
+
 def weights_digest(network: nn.Module) -> str:
-    """A SHA-256 of the network's class and state dict (names, dtypes, shapes and values): it changes whenever
-    the weights or the architecture do, whatever checkpoint file they came from."""
+    """A SHA-256 of the network's modules (their classes and plain settings) and state dict (names, dtypes, shapes
+    and values): it changes whenever the weights or what the network computes with them do (the same weights
+    pruned to another UNet++ level are another network), whatever checkpoint file they came from."""
     digest = hashlib.sha256(type(network).__qualname__.encode())
+    for name, module in network.named_modules():
+        digest.update(f"{name}|{_settings(module)}".encode())
     for name, value in network.state_dict().items():
         tensor = value.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
