@@ -5,7 +5,7 @@ with its ``cases.csv``, with the ISLES 2018 folder and file names and dtypes. IS
 (one slab each) in ``raw_data/`` and ``derivatives/``, the test subjects without their follow-up mask, which goes to
 ``TESTING_GROUND_TRUTH/<subject>.nii.gz``. Both write the per-case table ``synth_cases.csv``. Every random draw comes
 from a generator spawned from the seed for its purpose (plans, SMIR ids, each patient), so the same seed writes
-byte-identical files.
+byte-identical files with the same numpy release (another may change the last bits of the float64 maps).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def write_synthetic_dataset(
     ``description`` is ``Train_<patient>_<slab>``); ``OUT/TESTING/case_N/...`` without OT; the test
     labels in ``OUT/TESTING_GROUND_TRUTH/case_N/SMIR.Brain.XX.O.OT.<id>/`` with ``cases.csv``
     (case_id, ot_id, mtt_id, patient_id); ``OUT/synth_cases.csv``, the per-case table. SMIR ids are
-    6-digit, unique over the dataset. The same seed writes byte-identical files.
+    6-digit, unique over the dataset. The same seed writes byte-identical files with the same numpy release.
 
     ``layout="isles2024"`` writes the same phantoms, one slab per patient, as ISLES 2024 subjects
     (``sub-stroke0001``, ..., test subjects numbered after the training ones): ``raw_data/<sub>/ses-01/
