@@ -112,14 +112,7 @@ def test_the_isles2024_chain_runs_from_synth_to_evaluate(dataset, tmp_path):
     assert main(["predict", "--bundle", str(BUNDLE), "--input", str(container_input), "--model", str(run),
                  "--output", str(output_dir), "--format", "isles2024"]) == 2
     assert written.read_bytes() == before
-    # --overwrite with a run of two cases: the single-case output goes, nothing of the user's does
-    keep = output_dir / "images" / "notes.txt"
-    keep.write_text("mine")
-    assert main(["predict", "--bundle", str(BUNDLE), "--input", str(datalist), "--model", str(run),
-                 "--output", str(output_dir), "--format", "isles2024", "--overwrite"]) == 0
-    assert not written.exists() and keep.read_text() == "mine"
-    assert sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("output.mha")) == [
-        f"{s}/images/stroke-lesion-segmentation/output.mha" for s in ("sub-stroke0005", "sub-stroke0006")]
+    # what --overwrite replaces, and keeps, of these subfolders: tests/reliability/test_container_outputs.py
 
 
 def test_synth_writes_the_test_subjects_as_the_challenge_container_receives_them(dataset):
