@@ -105,6 +105,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def failures_csv(rows: list[dict[str, str]]) -> str:
+    """The failures table (``failures.csv``) as CSV text: header ``case_id,error``, one row per failed case."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["case_id", "error"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def manifest_csv(entries: list[ManifestEntry]) -> str:
     """The manifest as CSV text, sorted by case id."""
     buffer = io.StringIO()

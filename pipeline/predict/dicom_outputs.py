@@ -9,7 +9,6 @@ its files removed; the other cases go on.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,9 @@ from pathlib import Path
 from pipeline.errors import CaseError
 from pipeline.formats import dicom_output_names
 from pipeline.io import atomic_write_text
-from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, read_manifest, write_manifest
+from pipeline.manifest import (
+    FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, failures_csv, file_sha256, read_manifest, write_manifest,
+)
 from pipeline.paths import path_in
 
 # AlgorithmVersion and ManufacturerModelName are LO: 64 characters
@@ -29,16 +30,7 @@ _LO_LENGTH = 64
 def model_version(checkpoints: Sequence[str | Path]) -> str:
     """The model's version for the Segmentation: the first 16 hex digits of each checkpoint's SHA-256, joined by
     ``+`` (an ensemble), at most 64 characters; ``unknown`` without a readable checkpoint."""
-    digests = []
-    for path in checkpoints:
-        try:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            digests.append(digest.hexdigest()[:16])
-        except OSError:
-            continue
+    digests = [digest[:16] for digest in map(file_sha256, checkpoints) if digest]
     return "+".join(digests)[:_LO_LENGTH] or "unknown"
 
 
@@ -140,9 +132,5 @@ def add_dicom_outputs(run_dir: str | Path, records: Sequence[Mapping], checkpoin
         rows = list(csv.DictReader(io.StringIO(table.read_text()))) if table.is_file() else []
         rows += [{"case_id": e.case_id, "error": e.error} for e in updated if e.status == FAILED
                  and not any(r.get("case_id") == e.case_id for r in rows)]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["case_id", "error"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(table, buffer.getvalue())
+        atomic_write_text(table, failures_csv(rows))
     return failures

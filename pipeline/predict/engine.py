@@ -11,8 +11,6 @@ Under ``torchrun`` (``multi_gpu_inference.json``) each rank predicts its share o
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +27,7 @@ from pipeline.distributed import is_distributed
 from pipeline.errors import CaseError, root_cause
 from pipeline.io import atomic_write_text
 from pipeline.manifest import (
-    FAILED, STAGE_COLUMNS, WRITTEN, ManifestEntry, file_sha256, new_run_id, utc_now, write_manifest,
+    FAILED, STAGE_COLUMNS, WRITTEN, ManifestEntry, failures_csv, file_sha256, new_run_id, utc_now, write_manifest,
 )
 
 __all__ = ["ERROR_KEY", "CaseFailuresError", "ResilientDataset", "ResilientEvaluator", "describe_failure"]
@@ -200,11 +198,7 @@ class ResilientEvaluator(SupervisedEvaluator):
 
     def failures_csv(self) -> str:
         """The failures table as CSV text (header ``case_id,error``)."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["case_id", "error"])
-        writer.writeheader()
-        writer.writerows(self.failures)
-        return buffer.getvalue()
+        return failures_csv(self.failures)
 
     def manifest_entries(self) -> list[ManifestEntry]:
         """The manifest rows of the run so far: every written case and every failed case."""
