@@ -77,3 +77,18 @@ def test_side_by_side_timing_counts_the_network_calls_of_each_method():
     with NetworkClock(net, torch.device("cpu")) as clock:
         net(x)
     assert clock.calls == 1 and clock.seconds > 0
+
+
+def test_the_timing_input_is_a_head_sized_ellipse_on_every_slice():
+    from pipeline.benchmark.scenarios import HEAD_SEMI_AXES, head_like_input
+    from pipeline.inferers import foreground_box
+
+    x = head_like_input(5, (256, 256, 8))
+    assert x.shape == (1, 5, 256, 256, 8)
+    inside = (x != 0).any(1)[0]
+    assert torch.equal(inside[..., 0], inside[..., 7])
+    assert math.isclose(float(inside.float().mean()), math.pi * HEAD_SEMI_AXES[0] * HEAD_SEMI_AXES[1], rel_tol=0.02)
+    rows, cols, _ = foreground_box(x)
+    assert rows.stop - rows.start == pytest.approx(2 * HEAD_SEMI_AXES[0] * 256, abs=2)
+    assert cols.stop - cols.start == pytest.approx(2 * HEAD_SEMI_AXES[1] * 256, abs=2)
+    assert torch.equal(x, head_like_input(5, (256, 256, 8)))  # seeded

@@ -155,6 +155,7 @@ def test_inference_picks_its_inferer_by_the_networks_normalisation(bundle, norm,
     Reduced precision is on by default exactly where it pays off (CPUs with native bf16, GPUs)."""
     from monai.bundle import ConfigParser
 
+    from pipeline.inferers import ForegroundCropInferer
     from pipeline.precision import AutocastInferer, low_precision_pays_off
     from pipeline.runtimes import RuntimeInferer, default_runtime
 
@@ -163,7 +164,9 @@ def test_inference_picks_its_inferer_by_the_networks_normalisation(bundle, norm,
     parser["datalist"] = str(datalist)
     parser["network_def#norm"] = norm
     parser["patch_size"] = [96, 96, 2]
-    inferer = parser.get_parsed_content("inferer")
+    cropped = parser.get_parsed_content("inferer")
+    assert isinstance(cropped, ForegroundCropInferer)  # on by default: the head's bounding box only
+    inferer = cropped.inferer
     assert expected in [cls.__name__ for cls in type(inferer.inferer).__mro__]
     assert list(inferer.inferer.roi_size) == [96, 96, -1]  # the strides never pool the slice axis
     device = parser.get_parsed_content("device")

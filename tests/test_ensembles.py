@@ -56,13 +56,14 @@ def test_the_ensemble_inferer_averages_the_probabilities_of_each_member_as_it_wo
 def test_segmentation_inferer_runs_an_ensemble_member_by_member_inside_tta():
     ensemble = MeanEnsemble([tiny_net(0), tiny_net(1)], log_output=True)
     assert [list(s) for s in ensemble.strides] == [[2, 2, 1]] * 4
-    chosen = segmentation_inferer(ensemble, roi_size=[32, 32, 2], tta=True)
+    chosen = segmentation_inferer(ensemble, roi_size=[32, 32, 2], tta=True, crop_foreground=False)
     assert isinstance(chosen, FlipTTAInferer) and isinstance(chosen.inferer, EnsembleInferer)
     assert chosen.flips == [[0], [1], [0, 1]]
     x = torch.rand(1, 2, 32, 32, 2)
     with torch.no_grad():
         assert torch.allclose(torch.softmax(chosen(x, ensemble), 1).sum(1), torch.ones(1, 32, 32, 2), atol=1e-5)
-    assert isinstance(segmentation_inferer(tiny_net(0), roi_size=[32, 32, 2]).inferer, SlidingWindowInferer)
+    assert isinstance(segmentation_inferer(tiny_net(0), roi_size=[32, 32, 2], crop_foreground=False).inferer,
+                      SlidingWindowInferer)
 
 
 def test_mean_ensemble_called_as_a_module_gives_the_log_of_the_mean_probabilities():

@@ -530,7 +530,7 @@ def test_tile_independence_is_read_from_the_normalisation_layers(network, indepe
 
 
 def test_an_instance_normalised_network_gets_monai_windows_of_the_roi():
-    inferer = segmentation_inferer(tiny_unetpp(norm="instance"), [16, 16, -1], "cpu")
+    inferer = segmentation_inferer(tiny_unetpp(norm="instance"), [16, 16, -1], "cpu", crop_foreground=False)
     assert isinstance(inferer, AutocastInferer) and not inferer.enabled
     windows = inferer.inferer
     assert isinstance(windows, SlidingWindowInferer)
@@ -539,7 +539,7 @@ def test_an_instance_normalised_network_gets_monai_windows_of_the_roi():
 
 def test_a_batch_normalised_network_gets_grown_tiles_equal_to_one_whole_pass():
     net = tiny_unetpp(norm="batch")
-    inferer = segmentation_inferer(net, [16, 16, -1], "cpu")
+    inferer = segmentation_inferer(net, [16, 16, -1], "cpu", crop_foreground=False)
     assert isinstance(inferer.inferer, OverlapTileInferer)
     assert inferer.inferer.max_tile_voxels == DEFAULT_MAX_TILE_VOXELS
     x = torch.randn(1, 4, 48, 48, 2)

@@ -55,7 +55,7 @@ def test_every_network_takes_them_by_name_and_inference_grows_tiles(norm):
         (loss[0] if isinstance(loss, (tuple, list)) else loss).mean().backward()
         net.eval()
         assert tile_independent(net)
-        inferer = segmentation_inferer(net, [16, 16, -1], "cpu")
+        inferer = segmentation_inferer(net, [16, 16, -1], "cpu", crop_foreground=False)
         assert isinstance(inferer.inferer, OverlapTileInferer)
         with torch.no_grad():
             assert inferer(torch.randn(1, 2, 40, 40, 2), net).shape == (1, 2, 40, 40, 2)

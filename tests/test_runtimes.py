@@ -145,7 +145,7 @@ def test_the_bundles_inferer_gives_the_same_probabilities_in_every_runtime(runti
     with torch.no_grad():
         expected = torch.softmax(segmentation_inferer(net, roi, "cpu")(x, net), 1)
         inferer = segmentation_inferer(net, roi, "cpu", runtime=runtime, runtime_cache_dir=str(tmp_path))
-        assert isinstance(inferer, RuntimeInferer)
+        assert isinstance(inferer.inferer, RuntimeInferer)  # inside the foreground crop
         torch.testing.assert_close(torch.softmax(inferer(x, net), 1), expected, rtol=1e-4, atol=1e-4)
         # mirrored TTA and a checkpoint ensemble go through the runtime too
         ensemble = MeanEnsemble([net, tiny_unetpp(seed=2)], activation="softmax", log_output=True)

@@ -23,6 +23,29 @@ QUICK_CASE_SHAPES = ((64, 64, 8), (64, 64, 22))
 QUICK_ROI = [32, 32, -1]
 
 
+# The synthetic timing input is noise inside a head-sized ellipse and zero outside (as the normalised test slabs
+# are), with semi-axes these fractions of the in-plane sides: a third of the slice, as the brain is in a CTP slab.
+HEAD_SEMI_AXES = (0.30, 0.36)
+
+
+def head_like_input(channels: int, shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(1, channels, *shape) Gaussian noise inside an in-plane ellipse (:data:`HEAD_SEMI_AXES`) on every slice and
+    zero outside it, seeded: a case whose foreground is as large as a brain in a CTP slab.
+
+    Raises:
+        ValueError: ``shape`` has fewer than two axes.
+    """
+    if len(shape) < 2:
+        raise ValueError(f"a case shape needs at least two in-plane axes, got {list(shape)}")
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, channels, *shape, generator=generator)
+    rows = (torch.arange(shape[0]) + 0.5) / shape[0] - 0.5
+    cols = (torch.arange(shape[1]) + 0.5) / shape[1] - 0.5
+    inside = (rows[:, None] / HEAD_SEMI_AXES[0]) ** 2 + (cols[None, :] / HEAD_SEMI_AXES[1]) ** 2 <= 1.0
+    x *= inside.reshape(*inside.shape, *([1] * (len(shape) - 2)))
+    return x.to(device)
+
+
 def _softmax(y: torch.Tensor) -> torch.Tensor:
     return torch.softmax(y, dim=1)
 
@@ -42,25 +65,32 @@ def describe_inferer(inferer: Any) -> str:
     """A short description of what :func:`bundle_inferer` chose, for the tables."""
     from monai.inferers import SlidingWindowInferer
 
+    from pipeline.inferers import ForegroundCropInferer, inferer_chain
+    from pipeline.precision import AutocastInferer
     from pipeline.runtimes import RuntimeInferer
 
-    inner = getattr(inferer, "inferer", inferer)
-    kind = ("MONAI windows of roi_size (overlap 0.5, gaussian)" if isinstance(inner, SlidingWindowInferer)
+    chain = inferer_chain(inferer)
+    kind = ("MONAI windows of roi_size (overlap 0.5, gaussian)" if isinstance(chain[-1], SlidingWindowInferer)
             else "`OverlapTileInferer`, grown tiles")
-    if isinstance(inferer, RuntimeInferer):
-        precision = "bfloat16 allowed" if inferer.reduced_precision else "float32"
-        return f"{kind}, the network in {inferer.runtime} ({precision})"
-    if getattr(inferer, "enabled", False):
-        return f"{kind}, {str(inferer.dtype).replace('torch.', '')} autocast"
+    if any(isinstance(layer, ForegroundCropInferer) for layer in chain):
+        kind += " on the foreground's bounding box"
+    for layer in chain:
+        if isinstance(layer, RuntimeInferer):
+            precision = "bfloat16 allowed" if layer.reduced_precision else "float32"
+            return f"{kind}, the network in {layer.runtime} ({precision})"
+        if isinstance(layer, AutocastInferer) and layer.enabled:
+            return f"{kind}, {str(layer.dtype).replace('torch.', '')} autocast"
     return f"{kind}, float32"
 
 
-def _timed_network(inferer: Any, network: nn.Module) -> nn.Module:
+def timed_network(inferer: Any, network: nn.Module) -> nn.Module:
     """The module whose forward calls are the network's time under ``inferer``: the network itself, or the
     :class:`pipeline.runtimes.CompiledNetwork` that a runtime's inferer runs in its place."""
+    from pipeline.inferers import inferer_chain
     from pipeline.runtimes import RuntimeInferer
 
-    return inferer.compiled(network) if isinstance(inferer, RuntimeInferer) else network
+    runtimes = [layer for layer in inferer_chain(inferer) if isinstance(layer, RuntimeInferer)]
+    return runtimes[0].compiled(network) if runtimes else network
 
 
 def _inference_methods(
@@ -79,14 +109,14 @@ def _inference_methods(
     grown = OverlapTileInferer(roi_size=list(roi), max_tile_voxels=DEFAULT_MAX_TILE_VOXELS)
     monai_default = SlidingWindowInferer(roi_size=list(roi), overlap=0.5, mode="gaussian")
     methods = {
-        "ours": (_timed_network(ours, network), lambda: _softmax(ours(x, network))),
+        "ours": (timed_network(ours, network), lambda: _softmax(ours(x, network))),
         "monai": (network, lambda: _softmax(monai_default(x, network))),
     }
     if runtimes:
         for runtime in RUNTIMES:
             if runtime_available(runtime) and x.device.type == "cpu":
                 other = bundle_inferer(network, roi, x.device, runtime=runtime, cache_dir=cache_dir)
-                methods[f"runtime_{runtime}"] = (_timed_network(other, network),
+                methods[f"runtime_{runtime}"] = (timed_network(other, network),
                                                  lambda other=other: _softmax(other(x, network)))
         # nnU-Net's predictor: step 0.5, Gaussian weights, windows one at a time, mirroring on the axes it pools
         flips = default_tta_flips(getattr(network, "strides", None), len(roi))
@@ -101,7 +131,8 @@ def _inference_methods(
 
 
 def inference_timings(spec: Mapping[str, Any], log: Callable[[str], None] = print) -> dict[str, dict[str, Timing]]:
-    """The side-by-side inference rows: per case shape, every method on the same network and input.
+    """The side-by-side inference rows: per case shape, every method on the same network and input
+    (:func:`head_like_input`).
 
     Args:
         spec: ``bundle``, ``profile``, ``architecture`` (config overrides of the trained network), ``roi`` (both
@@ -130,8 +161,7 @@ def inference_timings(spec: Mapping[str, Any], log: Callable[[str], None] = prin
     cache = tempfile.TemporaryDirectory(prefix="benchmark-compiled-")  # the runtimes' exports, one per window shape
     with cache, torch.inference_mode():
         for shape in shapes:
-            torch.manual_seed(1)
-            x = torch.randn(1, IN_CHANNELS_TIMING, *shape, device=device)
+            x = head_like_input(IN_CHANNELS_TIMING, shape, device)
             methods = _inference_methods(timing_net, x, spec["roi"], spec.get("patch"),
                                          runtimes=bool(spec.get("runtimes", True)), cache_dir=cache.name)
             if shape == shapes[0]:
@@ -186,9 +216,8 @@ def _pruning_rows(
     counts = network.parameter_counts()
     pruned = {level: network.prune(level).eval() for level in range(1, depth + 1)}
     inferers = {level: bundle_inferer(net, roi, device) for level, net in pruned.items()}
-    torch.manual_seed(0)
-    x = torch.randn(1, int(network.in_channels), *shape, device=device)
-    methods = {f"L{level}": (_timed_network(inferers[level], net), (lambda n=net, i=inferers[level]: _softmax(i(x, n))))
+    x = head_like_input(int(network.in_channels), shape, device)
+    methods = {f"L{level}": (timed_network(inferers[level], net), (lambda n=net, i=inferers[level]: _softmax(i(x, n))))
                for level, net in pruned.items()}
     timings = time_side_by_side(methods, repeats, device)
     rows = []

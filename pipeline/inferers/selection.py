@@ -9,6 +9,7 @@ import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 
 from pipeline.inferers.ensemble import EnsembleInferer, MeanEnsemble
+from pipeline.inferers.foreground_crop import ForegroundCropInferer
 from pipeline.inferers.network_traits import size_divisor_of, tile_independent
 from pipeline.inferers.overlap_tile import OverlapTileInferer
 from pipeline.inferers.roi import checked_roi_size
@@ -19,7 +20,7 @@ from pipeline.precision import AutocastInferer, amp_dtype
 from pipeline.runtimes.choice import resolve_runtime
 from pipeline.runtimes.inferer import RuntimeInferer
 
-__all__ = ["segmentation_inferer"]
+__all__ = ["inferer_chain", "segmentation_inferer"]
 
 
 def segmentation_inferer(
@@ -34,6 +35,7 @@ def segmentation_inferer(
     tta_flips: Sequence[Sequence[int]] | None = None,
     runtime: str | None = "torch",
     runtime_cache_dir: str | None = None,
+    crop_foreground: bool = True,
 ) -> Inferer:
     """The inferer the bundles validate and predict with, chosen by what the network's output depends on.
 
@@ -54,6 +56,9 @@ def segmentation_inferer(
     - ``runtime`` other than ``torch`` runs the network exported to ONNX in that runtime
       (:class:`pipeline.runtimes.RuntimeInferer` in place of autocast; ``amp`` then lets OpenVINO compute in
       bfloat16), behind the same windows and blending.
+    - ``crop_foreground`` (the default) runs all of the above on the bounding box of the input's non-zero voxels
+      only (:class:`pipeline.inferers.ForegroundCropInferer`, nnU-Net's crop to the non-zero region), and gives
+      the rest of the volume to the background class.
 
     Args:
         network: the network that will run (it is inspected, not called).
@@ -70,13 +75,15 @@ def segmentation_inferer(
             default of the device (:func:`pipeline.runtimes.resolve_runtime`; a runtime that is not installed falls
             back to torch with a warning).
         runtime_cache_dir: where exported networks are kept (:func:`pipeline.runtimes.runtime_cache_dir`).
+        crop_foreground: infer on the foreground's bounding box only.
 
     Returns:
         An :class:`pipeline.precision.AutocastInferer` around the chosen inferer (autocast off unless ``amp``), or a
         :class:`pipeline.runtimes.RuntimeInferer` for another runtime;
         for an ensemble, an :class:`EnsembleInferer` around that; with ``tta``, a
         :class:`~pipeline.inferers.tta.FlipTTAInferer` around that. The output of both is the log of the mean
-        probabilities (a config's softmax after it gives the mean probabilities).
+        probabilities (a config's softmax after it gives the mean probabilities); with ``crop_foreground``, a
+        :class:`~pipeline.inferers.ForegroundCropInferer` around all of that.
 
     Raises:
         ValueError: on a ``roi_size`` entry of 0 or below -1, or an unknown runtime.
@@ -102,4 +109,15 @@ def segmentation_inferer(
     if tta:
         flips = tta_flips if tta_flips is not None else default_tta_flips(getattr(network, "strides", None), len(roi))
         chosen = FlipTTAInferer(chosen, flips)
+    if crop_foreground:
+        chosen = ForegroundCropInferer(chosen)
     return chosen
+
+
+def inferer_chain(inferer: Any) -> list[Any]:
+    """``inferer`` and the inferers it wraps (each one's ``inferer`` attribute), outermost first: the layers
+    :func:`segmentation_inferer` stacks (foreground crop, TTA, ensemble, autocast or runtime, windows or tiles)."""
+    chain = [inferer]
+    while isinstance(getattr(chain[-1], "inferer", None), Inferer) and len(chain) < 32:
+        chain.append(chain[-1].inferer)
+    return chain

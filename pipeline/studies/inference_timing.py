@@ -120,8 +120,8 @@ def time_per_case(models: Mapping[str, TimedModel], images: Sequence[tuple[str, 
         ValueError: ``repeats`` below 1, or no models.
     """
     from pipeline.benchmark.measurement import time_side_by_side
-    from pipeline.benchmark.scenarios import bundle_inferer
-    from pipeline.runtimes import RuntimeInferer, runtime_cache_dir
+    from pipeline.benchmark.scenarios import timed_network, bundle_inferer
+    from pipeline.runtimes import runtime_cache_dir
 
     if repeats < 1 or not models:
         raise ValueError(f"need at least one model and one repeat, got {len(models)} model(s), {repeats} repeat(s)")
@@ -142,7 +142,7 @@ def time_per_case(models: Mapping[str, TimedModel], images: Sequence[tuple[str, 
             for name in names[shift:] + names[:shift]:
                 inferer, network = inferers[name], models[name].network
                 # a runtime's inferer runs its compiled module in the network's place: that is the network time
-                timed = inferer.compiled(network) if isinstance(inferer, RuntimeInferer) else network
+                timed = timed_network(inferer, network)
                 methods[name] = (timed, lambda i=inferer, n=network: torch.softmax(i(x, n), dim=1))
             timings = time_side_by_side(methods, repeats, device, memory_pass=tuple(x.shape) not in seen)
             seen.add(tuple(x.shape))
