@@ -104,7 +104,8 @@ def format_results(result: BenchmarkResult) -> str:
 
     lines += ["## Inference per case", "",
               f"A network of the trained architecture with {IN_CHANNELS_TIMING} input channels (ISLES 2018: CT, CBF, "
-              f"CBV, MTT, Tmax) and random weights; input a random preprocessed tensor, output softmax probabilities. "
+              f"CBV, MTT, Tmax) and random weights; input Gaussian noise inside a head-sized ellipse and 0 outside it "
+              f"(`head_like_input`: a third of each slice, as the brain in a CTP slab), output softmax probabilities. "
               f"`roi_size` {result.roi_size} for both inferers (the bundle's inference `roi_size`: the trained patch "
               f"in-plane, the whole slab across); the *roi_size = the training patch* row gives MONAI "
               f"{result.patch_size} literally. Medians over the timed repeats, run side by side after one untimed "
@@ -128,7 +129,8 @@ def format_results(result: BenchmarkResult) -> str:
     lines += ["## Dice on trained weights", "",
               "The trained model on the synthetic test cases (the bundle's validation preprocessing; Dice of the "
               "argmax mask against the ground truth on that grid). *ours vs MONAI*: Dice between the two masks; "
-              "the three methods ran side by side on every case.", ""]
+              "the three methods ran side by side on every case, each timed after one untimed pass (in which a runtime "
+              "exports a window shape it has not seen; `predict` keeps those exports between runs).", ""]
     rows = [[r["case_id"], r["shape"], f"{r['dice_ours']:.4f}", f"{r['dice_monai']:.4f}", f"{r['dice_grown']:.4f}",
              f"{r['dice_ours_vs_monai']:.4f}", f"{r['seconds_ours']:.2f}", f"{r['seconds_monai']:.2f}",
              f"{r['seconds_monai'] / r['seconds_ours']:.2f}"] for r in result.dice]
