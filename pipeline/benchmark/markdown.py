@@ -162,8 +162,8 @@ def format_results(result: BenchmarkResult) -> str:
 
     lines += ["## UNet++ pruning", "",
               "The trained UNet++ pruned to each level (`prune(level)`, weights shared): parameters, end-to-end time "
-              "of our inferer on the head-sized input of the first case shape with the trained channels (median, side by "
-              "side), and the mean Dice on the test cases.", ""]
+              "of our inferer on the head-sized input of the first case shape with the trained channels (median, "
+              "side by side), and the mean Dice on the test cases.", ""]
     full = result.pruning[-1]["seconds"]
     rows = [[f"L{r['level']}", f"{r['parameters'] / 1e6:.3f} M", f"{r['seconds']:.2f}", f"{r['seconds'] / full:.2f}",
              f"{r['dice']:.4f}", r["foreground"]] for r in result.pruning]

@@ -60,8 +60,8 @@ class ForegroundCropInferer(Inferer):
     which in thick CTP slabs is most of the field of view, so fewer windows run and they lie on the anatomy the
     network was trained on. The output has the input's spatial shape and metadata; outside the box it holds the
     logits ``[0, -1e4, ...]``, so a softmax after it gives background with probability exactly 1, and a sigmoid of a
-    one-channel output gives 0. An input without any
-    non-zero voxel is background everywhere and the network is not called.
+    one-channel output gives 0. An input without any non-zero voxel is background everywhere and the network is not
+    called.
 
     Args:
         inferer: the inferer to run on the cropped input (windows, tiles, TTA, an ensemble, ...).
