@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UnitAxisConv3d", "UnitAxisConvTranspose3d", "fold_unit_axes", "unit_axis_of"]
+__all__ = ["UnitAxisConv3d", "UnitAxisConvTranspose3d", "fold_unit_axes", "unit_axis_of", "voxelwise_axes"]
 
 
 def unit_axis_of(layer: nn.Module) -> int | None:
@@ -34,8 +34,21 @@ def unit_axis_of(layer: nn.Module) -> int | None:
     """
     if type(layer) not in (nn.Conv3d, nn.ConvTranspose3d):
         return None
-    axes = [a for a in range(3) if _acts_voxelwise(layer, a)]
+    axes = voxelwise_axes(layer)
     return axes[-1] if axes else None
+
+
+def voxelwise_axes(layer: nn.Conv3d | nn.ConvTranspose3d) -> list[int]:
+    """The spatial axes (0..2) along which a 3D (transposed) convolution, folded or not, computes each slice on
+    its own: kernel 1, stride 1, no padding (nor output padding), zero padding mode.
+
+    Args:
+        layer: an ``nn.Conv3d`` or ``nn.ConvTranspose3d`` (or a subclass).
+
+    Returns:
+        The axes in increasing order; empty when there are none.
+    """
+    return [a for a in range(3) if _acts_voxelwise(layer, a)]
 
 
 def _acts_voxelwise(layer: nn.Module, axis: int) -> bool:
@@ -50,6 +63,10 @@ def _acts_voxelwise(layer: nn.Module, axis: int) -> bool:
 
 def _fold(x: torch.Tensor, into: List[int]) -> Tuple[torch.Tensor, int, int]:
     """(N, C, S0, S1, S2) to (N * slices, C, A, B) along the permutation ``into``; also returns N and slices."""
+    if x.shape[into[1]] == 1:
+        # one slice: merging the unit axis into the one before keeps the memory order, so nothing is copied (an
+        # exported graph gets a Reshape, not a Transpose, and keeps its dynamic batch axis)
+        return x.flatten(into[1] - 1, into[1]), x.shape[0], 1
     moved = x.permute(into)
     n, slices = moved.shape[0], moved.shape[1]
     return moved.reshape(n * slices, moved.shape[2], moved.shape[3], moved.shape[4]), n, slices
@@ -57,6 +74,8 @@ def _fold(x: torch.Tensor, into: List[int]) -> Tuple[torch.Tensor, int, int]:
 
 def _unfold(y: torch.Tensor, n: int, slices: int, back: List[int]) -> torch.Tensor:
     """The inverse of :func:`_fold` for the 2D output ``y`` (N * slices, C', A', B')."""
+    if slices == 1:
+        return y.unsqueeze(back.index(1))
     return y.reshape(n, slices, y.shape[1], y.shape[2], y.shape[3]).permute(back)
 
 

@@ -18,8 +18,8 @@ from pipeline.runtimes.backends import OnnxRuntimeModel, OpenVINOModel, load_run
 from pipeline.runtimes.choice import AUTO, RUNTIME_ENV, RUNTIMES, default_runtime, resolve_runtime, runtime_available
 from pipeline.runtimes.inferer import RuntimeInferer
 from pipeline.runtimes.network import CompiledNetwork
-from pipeline.runtimes.onnx_export import (CACHE_ENV, ONNX_OPSET, RUNTIME_CACHE_FOLDER, export_onnx, onnx_file_name,
-                                           runtime_cache_dir, weights_digest)
+from pipeline.runtimes.onnx_export import (CACHE_ENV, ONNX_OPSET, RUNTIME_CACHE_FOLDER, SLICE_BATCHED, export_onnx,
+                                           onnx_file_name, runtime_cache_dir, weights_digest)
 
 __all__ = [
     "AUTO",
@@ -31,6 +31,7 @@ __all__ = [
     "RUNTIMES",
     "RUNTIME_CACHE_FOLDER",
     "RuntimeInferer",
+    "SLICE_BATCHED",
     "default_runtime",
     "export_onnx",
     "load_runtime_model",

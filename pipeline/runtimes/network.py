@@ -7,7 +7,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ from monai.data import MetaTensor
 from torch import nn
 
 from pipeline.runtimes.backends import load_runtime_model
-from pipeline.runtimes.onnx_export import export_onnx, onnx_file_name, weights_digest
+from pipeline.networks.slice_batching import slice_axis_of, slice_batched
+from pipeline.runtimes.onnx_export import SLICE_BATCHED, export_onnx, onnx_file_name, weights_digest
 
 __all__ = ["CompiledNetwork"]
 
@@ -34,7 +35,8 @@ class CompiledNetwork(nn.Module):
     Attributes the inferers read (``size_divisor``, ``strides``, ``margin``, ...) are the network's. For each new
     input shape (channels and spatial size; the batch axis is dynamic) the network is exported once
     (:func:`pipeline.runtimes.onnx_export.export_onnx`) into ``cache_dir`` under a name keyed by its weights,
-    so later runs load the file instead. Every loaded model is first checked against the torch module on a
+    so later runs load the file instead; a slice-wise network is exported slice-batched
+    (:mod:`pipeline.networks.slice_batching`). Every loaded model is first checked against the torch module on a
     random window of its shape. The weights are read again whenever they change in place (a checkpoint loaded
     after this object was made).
 
@@ -95,11 +97,27 @@ class CompiledNetwork(nn.Module):
         return Path(self._temporary.name)
 
     def _load(self, sample: torch.Tensor) -> Any:
-        """The runtime's model for inputs shaped like ``sample``, checked: from the cache, else exported."""
+        """The runtime's model for inputs shaped like ``sample``, checked: from the cache, else exported.
+
+        A network whose slices meet only in instance norms is exported slice-batched
+        (:func:`pipeline.networks.slice_batching.slice_batched`: the same output with fewer copies); if that
+        export fails or does not match the module, the network is exported as it is.
+        """
         folder = self._writable_cache()
         key = tuple(sample.shape[1:])
-        path = folder / onnx_file_name(self._digest, key)
-        cache = folder / "openvino" if self.runtime == "openvino" else None
+        if slice_axis_of(self.network) is not None:
+            try:
+                return self._load_file(folder / onnx_file_name(self._digest, key, SLICE_BATCHED),
+                                       lambda: slice_batched(self.network), sample, key)
+            except Exception as error:
+                logger.info("exporting the network as it is: its slice-batched export failed (%s: %s)",
+                            type(error).__name__, error)
+        return self._load_file(folder / onnx_file_name(self._digest, key), lambda: self.network, sample, key)
+
+    def _load_file(self, path: Path, build: Callable[[], nn.Module], sample: torch.Tensor,
+                   key: tuple[int, ...]) -> Any:
+        """The model in ``path`` if it is there and checks, else ``build()`` exported there, loaded and checked."""
+        cache = path.parent / "openvino" if self.runtime == "openvino" else None
         if path.is_file():
             try:
                 model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
@@ -107,7 +125,7 @@ class CompiledNetwork(nn.Module):
                 return model
             except Exception as error:  # a damaged or foreign file: export it again
                 logger.warning("re-exporting %s: %s", path, error)
-        export_onnx(self.network, sample, path)
+        export_onnx(build(), sample, path)
         logger.info("network exported to %s for %s", path, self.runtime)
         model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
         self._check(model, key)

@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CACHE_ENV", "ONNX_OPSET", "RUNTIME_CACHE_FOLDER", "export_onnx", "onnx_file_name", "runtime_cache_dir",
-           "weights_digest"]
+__all__ = ["CACHE_ENV", "ONNX_OPSET", "RUNTIME_CACHE_FOLDER", "SLICE_BATCHED", "export_onnx", "onnx_file_name",
+           "runtime_cache_dir", "weights_digest"]
 
 ONNX_OPSET = 17
 RUNTIME_CACHE_FOLDER = "compiled"
 # the environment variable that moves the cache (runtime_cache_dir)
 CACHE_ENV = "PIPELINE_CACHE_DIR"
+# the layout tag of a slice-batched export (pipeline.networks.slice_batching) in its file name
+SLICE_BATCHED = "slice-batched"
 
 
 _SETTING_TYPES = (bool, int, float, str, type(None))
@@ -46,12 +48,14 @@ def weights_digest(network: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def onnx_file_name(digest: str, sample_shape: Sequence[int]) -> str:
+def onnx_file_name(digest: str, sample_shape: Sequence[int], layout: str = "") -> str:
     """The cache file name of a network's ONNX export for inputs of ``sample_shape`` (channels and spatial size;
-    the batch axis is dynamic): keyed by the weights, the shape, the opset and the exporting torch version."""
+    the batch axis is dynamic): keyed by the weights, the shape, the graph's layout (``""`` for the network as
+    it is, :data:`SLICE_BATCHED`), the opset and the exporting torch version."""
     shape = "x".join(str(int(s)) for s in sample_shape)
     torch_version = torch.__version__.split("+")[0]
-    return f"{digest[:24]}-{shape}-opset{ONNX_OPSET}-torch{torch_version}.onnx"
+    tag = f"-{layout}" if layout else ""
+    return f"{digest[:24]}-{shape}{tag}-opset{ONNX_OPSET}-torch{torch_version}.onnx"
 
 
 def runtime_cache_dir() -> str:
