@@ -16,7 +16,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from scipy import ndimage
 
 # Column order of :func:`case_metrics`; the evaluation tables keep it.
@@ -116,6 +115,8 @@ def hausdorff95_mm(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
     Raises:
         ValueError: the shapes differ, or ``spacing`` does not fit the mask.
     """
+    from monai.metrics import compute_hausdorff_distance  # importing MONAI takes seconds: only when measured
+
     return _surface_metric(compute_hausdorff_distance, pred, truth, spacing, "hausdorff95_mm", percentile=95)
 
 
@@ -138,6 +139,8 @@ def average_surface_distance_mm(
     Raises:
         ValueError: the shapes differ, or ``spacing`` does not fit the mask.
     """
+    from monai.metrics import compute_average_surface_distance
+
     return _surface_metric(
         compute_average_surface_distance, pred, truth, spacing, "average_surface_distance_mm", symmetric=True
     )

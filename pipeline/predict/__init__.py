@@ -13,20 +13,48 @@
 - :mod:`pipeline.predict.command`: :func:`run_predict`, the command itself.
 """
 
-from pipeline.data.prepare import input_datalist
-from pipeline.predict.checkpoint import check_checkpoint, configured_network
-from pipeline.predict.command import run_predict
-from pipeline.predict.engine import CaseFailuresError, ResilientDataset, ResilientEvaluator, describe_failure
-from pipeline.predict.names import OUTPUT_FORMATS, TEAM_NAME, planned_output_names, prediction_filename
-from pipeline.predict.publishing import (
-    STAGING_PREFIX, clear_stale_staging, existing_outputs, is_result_file, publish_results,
-)
-from pipeline.predict.weights import EnsembleCheckpointLoader, ensemble_network, load_weights
-from pipeline.predict.writer import SavePredictiond
+from __future__ import annotations
 
-__all__ = [
-    "OUTPUT_FORMATS", "STAGING_PREFIX", "TEAM_NAME", "CaseFailuresError", "ResilientDataset", "ResilientEvaluator",
-    "SavePredictiond", "describe_failure", "check_checkpoint", "clear_stale_staging",
-    "configured_network", "existing_outputs", "input_datalist", "is_result_file", "planned_output_names",
-    "prediction_filename", "publish_results", "run_predict", "EnsembleCheckpointLoader", "ensemble_network", "load_weights",
-]
+import importlib
+from typing import Any
+
+# Each name's module, imported on first use (PEP 562): ``predict`` imports only what its checks need before it
+# starts the bundle run, and the engine's, writer's and weights' imports (MONAI, seconds) happen in the bundle
+# process, where the config names them.
+_SOURCES = {
+    "input_datalist": "pipeline.data.prepare",
+    "check_checkpoint": "pipeline.predict.checkpoint",
+    "configured_network": "pipeline.predict.checkpoint",
+    "run_predict": "pipeline.predict.command",
+    "CaseFailuresError": "pipeline.predict.engine",
+    "ResilientDataset": "pipeline.predict.engine",
+    "ResilientEvaluator": "pipeline.predict.engine",
+    "describe_failure": "pipeline.predict.engine",
+    "OUTPUT_FORMATS": "pipeline.predict.names",
+    "TEAM_NAME": "pipeline.predict.names",
+    "planned_output_names": "pipeline.predict.names",
+    "prediction_filename": "pipeline.predict.names",
+    "STAGING_PREFIX": "pipeline.predict.publishing",
+    "clear_stale_staging": "pipeline.predict.publishing",
+    "existing_outputs": "pipeline.predict.publishing",
+    "is_result_file": "pipeline.predict.publishing",
+    "publish_results": "pipeline.predict.publishing",
+    "EnsembleCheckpointLoader": "pipeline.predict.weights",
+    "ensemble_network": "pipeline.predict.weights",
+    "load_weights": "pipeline.predict.weights",
+    "SavePredictiond": "pipeline.predict.writer",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SOURCES))

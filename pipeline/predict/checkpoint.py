@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.errors import CaseError, root_cause
+
+if TYPE_CHECKING:
+    import torch
+
 
 def check_checkpoint(checkpoint: Path, network: torch.nn.Module, channels: list[str]) -> None:
     """Check that ``checkpoint`` loads (``weights_only``) and fits ``network`` before a run starts.
@@ -16,6 +19,8 @@ def check_checkpoint(checkpoint: Path, network: torch.nn.Module, channels: list[
         CaseError: the file is truncated, corrupt or not a PyTorch checkpoint, or its weights are not the
             network's (another architecture, width or channel count); the message names the file and the difference.
     """
+    import torch
+
     try:
         state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file; the message names it

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
-from pipeline.distributed import torchrun_command
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError
 from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest, stage_summary
 from pipeline.predict.checkpoint import check_checkpoint, configured_network
@@ -111,7 +110,8 @@ def run_predict(args) -> int:
 
     Before any inference it checks the records (:func:`pipeline.data.validation.check_records`), the output
     names (:func:`planned_output_names`: plain names, one file per case) and the checkpoint against the
-    configured network (:func:`check_checkpoint`). The bundle writes into a hidden staging folder inside
+    configured network (:func:`check_checkpoint`); the last while the bundle process starts, which it stops if
+    the check fails. The bundle writes into a hidden staging folder inside
     ``--output``; only when it has finished are its results published (:func:`publish_results`), replacing
     every result of an earlier run, so the folder holds one run's predictions, its ``manifest.csv`` and, when
     cases failed, ``failures.csv``. An interrupted run leaves the earlier results as they were.
@@ -191,10 +191,15 @@ def run_predict(args) -> int:
         post, post_line = postprocessing_settings(args, checkpoints)
         settings += post
         profile = profile_path(datalist)
-        network = configured_network(bundle, profile, settings + overrides)
-        for checkpoint in checkpoints:
-            check_checkpoint(checkpoint, network, channels)
 
+        def check_checkpoints(_run) -> None:
+            # while the bundle process starts: both import MONAI (seconds each), and on two or more cores the
+            # imports overlap; a failed check stops that process before it has read a case
+            network = configured_network(bundle, profile, settings + overrides)
+            for checkpoint in checkpoints:
+                check_checkpoint(checkpoint, network, channels)
+
+        created = not output_dir.exists()
         output_dir.mkdir(parents=True, exist_ok=True)
         clear_stale_staging(output_dir)
         staging = output_dir / f"{STAGING_PREFIX}{os.getpid()}-{run_id}"
@@ -204,6 +209,8 @@ def run_predict(args) -> int:
             command = bundle_command(bundle, "inference.json", profile, staged + overrides, extra_configs)
             equivalent = bundle_command(bundle, "inference.json", profile, settings + overrides, extra_configs)
             if nproc > 1:
+                from pipeline.distributed import torchrun_command  # imports MONAI: only for a distributed run
+
                 command, equivalent = torchrun_command(command, nproc), torchrun_command(equivalent, nproc)
             processes = f", {nproc} processes" if nproc > 1 else ""
             if len(checkpoints) > 1:
@@ -212,7 +219,14 @@ def run_predict(args) -> int:
             print(post_line)
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
-            status = run_command(command, condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
+            try:
+                status = run_command(command, on_start=check_checkpoints,
+                                     condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
+            except Exception:
+                shutil.rmtree(staging, ignore_errors=True)
+                if created and not any(output_dir.iterdir()):
+                    output_dir.rmdir()  # the check failed: leave no trace of the run
+                raise
             if args.format == "dicom-seg":
                 from pipeline.predict.dicom_outputs import add_dicom_outputs
 

@@ -151,8 +151,24 @@ def test_a_truncated_checkpoint_is_refused_before_inference(small_dataset, tmp_p
     assert main(args) == 2
     err = capfd.readouterr().err
     assert str(checkpoint) in err and "truncated" in err and "Traceback" not in err
-    assert "monai.bundle run" not in capfd.readouterr().out
-    assert files_under(out) == []
+    # checked while the bundle process starts; that process is stopped, and the run leaves no folder behind
+    assert not out.exists()
+
+
+def test_a_refused_checkpoint_leaves_earlier_results_as_they_were(small_dataset, tmp_path, capfd):
+    out = tmp_path / "pred"
+    out.mkdir()
+    earlier = out / "case_1.nii.gz"
+    earlier.write_bytes(b"an earlier run's mask")
+    checkpoint = tmp_path / "truncated.pt"
+    checkpoint.write_bytes((small_dataset / "model.pt").read_bytes()[:2000])
+    args = predict_args(small_dataset, "--input", str(small_dataset / "datalist.json"), "--output", str(out),
+                        "--overwrite")
+    args[args.index("--checkpoint") + 1] = str(checkpoint)
+    assert main(args) == 2
+    assert str(checkpoint) in capfd.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["case_1.nii.gz"]  # no staging folder, nothing replaced
+    assert earlier.read_bytes() == b"an earlier run's mask"
 
 
 @pytest.mark.parametrize("kind", ["channels", "widths"])
@@ -167,7 +183,7 @@ def test_a_checkpoint_of_another_network_is_refused_before_inference(small_datas
     err = capfd.readouterr().err
     assert str(checkpoint) in err
     assert ("4 input channel(s)" in err and "5" in err) if kind == "channels" else "another shape" in err
-    assert files_under(out) == []
+    assert not out.exists()
 
 
 def test_an_empty_channel_is_warned_about_and_strict_fails_that_case(small_dataset, tmp_path, capfd):
