@@ -224,3 +224,22 @@ def test_a_folder_without_the_models_channels_is_refused_naming_the_folder_and_t
     err = capsys.readouterr().err
     assert status == 2 and not out.exists() and "Traceback" not in err
     assert str(dataset / "data") in err and "trained on the channels DWI, ADC" in err
+
+
+def test_the_predict_command_imports_no_monai_before_it_starts_the_bundle_run():
+    # the parent's check and the bundle process import MONAI side by side (pipeline.predict.command)
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.predict.command, pipeline.cli; "
+            "print(sorted(m for m in ('monai', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_name_of_pipeline_predict_is_importable():
+    import pipeline.predict
+
+    for name in pipeline.predict.__all__:
+        assert getattr(pipeline.predict, name) is not None
+    assert {"SavePredictiond", "run_predict", "EnsembleCheckpointLoader"} <= set(dir(pipeline.predict))

@@ -16,7 +16,19 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names for readers, type checkers and the export's vendoring (pipeline.export.vendoring)
+    from pipeline.data.prepare import input_datalist
+    from pipeline.predict.checkpoint import check_checkpoint, configured_network
+    from pipeline.predict.command import run_predict
+    from pipeline.predict.engine import CaseFailuresError, ResilientDataset, ResilientEvaluator, describe_failure
+    from pipeline.predict.names import OUTPUT_FORMATS, TEAM_NAME, planned_output_names, prediction_filename
+    from pipeline.predict.publishing import (
+        STAGING_PREFIX, clear_stale_staging, existing_outputs, is_result_file, publish_results,
+    )
+    from pipeline.predict.weights import EnsembleCheckpointLoader, ensemble_network, load_weights
+    from pipeline.predict.writer import SavePredictiond
 
 # Each name's module, imported on first use (PEP 562): ``predict`` imports only what its checks need before it
 # starts the bundle run, and the engine's, writer's and weights' imports (MONAI, seconds) happen in the bundle
