@@ -102,14 +102,17 @@ def test_the_slice_batched_export_moves_the_slices_once_and_keeps_a_dynamic_batc
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_a_compiled_slice_wise_network_is_exported_slice_batched(tmp_path):
-    net = slice_wise()
-    x = torch.randn(2, 3, 32, 32, 3)
+def _assert_compiled_gives_the_network_output(net, x, folder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fall-back to torch
-        got = CompiledNetwork(net, "onnxruntime", tmp_path)(x)
+        got = CompiledNetwork(net, "onnxruntime", folder)(x)
     with torch.no_grad():
         torch.testing.assert_close(got, net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_compiled_slice_wise_network_is_exported_slice_batched(tmp_path):
+    net = slice_wise()
+    _assert_compiled_gives_the_network_output(net, torch.randn(2, 3, 32, 32, 3), tmp_path)
     names = [p.name for p in tmp_path.glob("*.onnx")]
     assert names == [onnx_file_name(weights_digest(net), (3, 32, 32, 3), SLICE_BATCHED)]
 
@@ -119,11 +122,6 @@ def test_a_slice_batched_export_that_disagrees_gives_way_to_the_network_as_it_is
     other = slice_wise(seed=1)
     # a slice-batched copy of other weights: it loads, but its output is not the network's
     monkeypatch.setattr("pipeline.runtimes.network.slice_batched", lambda network: slice_batched(other))
-    x = torch.randn(1, 3, 32, 32, 2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fall-back to torch
-        got = CompiledNetwork(net, "onnxruntime", tmp_path)(x)
-    with torch.no_grad():
-        torch.testing.assert_close(got, net(x), atol=1e-4, rtol=1e-4)
+    _assert_compiled_gives_the_network_output(net, torch.randn(1, 3, 32, 32, 2), tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert onnx_file_name(weights_digest(net), (3, 32, 32, 2)) in names
