@@ -238,8 +238,16 @@ def test_the_predict_command_imports_no_monai_before_it_starts_the_bundle_run():
 
 
 def test_every_name_of_pipeline_predict_is_importable():
+    import ast
+    import inspect
+
     import pipeline.predict
 
     for name in pipeline.predict.__all__:
         assert getattr(pipeline.predict, name) is not None
+    # the lazy table and the names listed for type checkers and the export's vendoring are the same
+    tree = ast.parse(inspect.getsource(pipeline.predict))
+    listed = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+              for alias in node.names if node.module and node.module.startswith("pipeline.")}
+    assert listed == {(module, name) for name, module in pipeline.predict._SOURCES.items()}
     assert {"SavePredictiond", "run_predict", "EnsembleCheckpointLoader"} <= set(dir(pipeline.predict))

@@ -219,14 +219,8 @@ def run_predict(args) -> int:
             print(post_line)
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
-            try:
-                status = run_command(command, on_start=check_checkpoints,
-                                     condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
-            except Exception:
-                shutil.rmtree(staging, ignore_errors=True)
-                if created and not any(output_dir.iterdir()):
-                    output_dir.rmdir()  # the check failed: leave no trace of the run
-                raise
+            status = run_command(command, on_start=check_checkpoints,
+                                 condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
             if args.format == "dicom-seg":
                 from pipeline.predict.dicom_outputs import add_dicom_outputs
 
@@ -239,6 +233,8 @@ def run_predict(args) -> int:
             publish_results(staging, output_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            if created and not any(output_dir.iterdir()):
+                output_dir.rmdir()  # nothing was published: a folder this run made leaves no trace
     written = [e for e in manifest if e.status == WRITTEN]
     failed = [e for e in manifest if e.status == FAILED]
     print(f"predict: wrote {len(written)} prediction(s) to {output_dir} (manifest: {output_dir / MANIFEST_NAME})")
