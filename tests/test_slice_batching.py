@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.networks import UNet, UNetPlusPlus
-from pipeline.networks.slice_batching import SliceGroupInstanceNorm, slice_axis_of, slice_batched
+from pipeline.networks.slice_batching import SliceBatchedNetwork, SliceGroupInstanceNorm, slice_axis_of, slice_batched
 from pipeline.networks.unit_axis import UnitAxisConv3d, fold_unit_axes
 from pipeline.runtimes import SLICE_BATCHED, CompiledNetwork, export_onnx, onnx_file_name, weights_digest
 
@@ -121,7 +121,8 @@ def test_a_slice_batched_export_that_disagrees_gives_way_to_the_network_as_it_is
     net = slice_wise()
     other = slice_wise(seed=1)
     # a slice-batched copy of other weights: it loads, but its output is not the network's
-    monkeypatch.setattr("pipeline.runtimes.network.slice_batched", lambda network: slice_batched(other))
+    monkeypatch.setattr("pipeline.runtimes.network.SliceBatchedNetwork",
+                        lambda network, axis: SliceBatchedNetwork(other, axis))
     _assert_compiled_gives_the_network_output(net, torch.randn(1, 3, 32, 32, 2), tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.onnx"))
     assert onnx_file_name(weights_digest(net), (3, 32, 32, 2)) in names

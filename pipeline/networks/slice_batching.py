@@ -3,8 +3,8 @@
 In a network whose every convolution, transposed convolution and pooling acts voxel by voxel along one axis (the
 2d configuration: (3, 3, 1) kernels and (2, 2, 1) strides throughout), a slice only ever meets other slices in
 the instance norms, which take their statistics over the whole input. :class:`UnitAxisConv3d` already runs such
-layers as 2D operations, but it moves the slices next to the batch and back around every layer: on a CPU those
-copies cost about as much as a third of the convolutions. :class:`SliceBatchedNetwork` moves them once: it feeds
+layers as 2D operations, but it moves the slices next to the batch and back around every layer, and on a CPU
+those copies take a large share of the time. :class:`SliceBatchedNetwork` moves them once: it feeds
 the network (N * slices, C, A, B, 1) single-slice inputs, for which the unit-axis layers fold without a copy, and
 swaps each ``InstanceNorm3d`` for a :class:`SliceGroupInstanceNorm` that pools its statistics over the slices of
 each input, as the instance norm did. Same weights, same output (up to float rounding).
@@ -19,6 +19,7 @@ import copy
 from typing import List
 
 import torch
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from pipeline.networks.normalization import BatchRenorm, ChannelLayerNorm
@@ -33,24 +34,20 @@ _FIXED_STATISTICS = (nn.BatchNorm3d, BatchRenorm)
 _POOLS = (nn.MaxPool3d, nn.AvgPool3d)
 
 
-def _triple(value) -> tuple:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
-
-
 def _layer_axes(layer: nn.Module) -> set[int] | None:
     """The spatial axes along which the leaf ``layer`` acts voxel by voxel (every axis for a voxel-wise layer), an
     empty set for a layer that mixes every axis or the batch, or None for a layer it does not know."""
     if isinstance(layer, (nn.Conv3d, nn.ConvTranspose3d)):
         return set(voxelwise_axes(layer))
     if isinstance(layer, _POOLS):
-        kernel, padding = _triple(layer.kernel_size), _triple(layer.padding)
-        stride = _triple(layer.stride or layer.kernel_size)
+        kernel, padding = ensure_tuple_rep(layer.kernel_size, 3), ensure_tuple_rep(layer.padding, 3)
+        stride = ensure_tuple_rep(layer.stride or layer.kernel_size, 3)
         return {a for a in range(3) if kernel[a] == 1 and stride[a] == 1 and padding[a] == 0}
     if isinstance(layer, nn.Upsample):
         scale = layer.scale_factor
         if layer.size is not None or scale is None:
             return set()
-        return {a for a in range(3) if float(_triple(scale)[a]) == 1.0}
+        return {a for a in range(3) if float(ensure_tuple_rep(scale, 3)[a]) == 1.0}
     if isinstance(layer, nn.InstanceNorm3d):
         return set() if layer.track_running_stats else {0, 1, 2}  # pooled over the slices again by the swap
     if isinstance(layer, _VOXELWISE):
@@ -93,7 +90,7 @@ def slice_axis_of(network: nn.Module) -> int | None:
         axes &= reach
     divisor = getattr(network, "size_divisor", None)
     if divisor is not None:
-        axes = {a for a in axes if int(_triple(divisor)[a]) == 1}
+        axes = {a for a in axes if int(ensure_tuple_rep(divisor, 3)[a]) == 1}
     if not convolutions or not axes:
         return None
     return max(axes)

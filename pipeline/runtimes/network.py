@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from torch import nn
 
 from pipeline.runtimes.backends import load_runtime_model
-from pipeline.networks.slice_batching import slice_axis_of, slice_batched
+from pipeline.networks.slice_batching import SliceBatchedNetwork, slice_axis_of
 from pipeline.runtimes.onnx_export import SLICE_BATCHED, export_onnx, onnx_file_name, weights_digest
 
 __all__ = ["CompiledNetwork"]
@@ -100,15 +100,16 @@ class CompiledNetwork(nn.Module):
         """The runtime's model for inputs shaped like ``sample``, checked: from the cache, else exported.
 
         A network whose slices meet only in instance norms is exported slice-batched
-        (:func:`pipeline.networks.slice_batching.slice_batched`: the same output with fewer copies); if that
+        (:class:`pipeline.networks.slice_batching.SliceBatchedNetwork`: the same output with fewer copies); if that
         export fails or does not match the module, the network is exported as it is.
         """
         folder = self._writable_cache()
         key = tuple(sample.shape[1:])
-        if slice_axis_of(self.network) is not None:
+        axis = slice_axis_of(self.network)
+        if axis is not None:
             try:
                 return self._load_file(folder / onnx_file_name(self._digest, key, SLICE_BATCHED),
-                                       lambda: slice_batched(self.network), sample, key)
+                                       lambda: SliceBatchedNetwork(self.network, axis).eval(), sample, key)
             except Exception as error:
                 logger.info("exporting the network as it is: its slice-batched export failed (%s: %s)",
                             type(error).__name__, error)
