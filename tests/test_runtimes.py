@@ -14,6 +14,7 @@ import torch
 from pipeline.__main__ import main
 from pipeline.inferers import MeanEnsemble, segmentation_inferer
 from pipeline.networks import UNet, UNetPlusPlus
+from pipeline.networks.slice_batching import slice_batched
 from pipeline.runtimes import (CACHE_ENV, RUNTIME_ENV, RUNTIMES, SLICE_BATCHED, CompiledNetwork, RuntimeInferer,
                                default_runtime, export_onnx,
                                onnx_file_name, resolve_runtime, runtime_cache_dir, weights_digest)
@@ -44,8 +45,9 @@ def test_a_compiled_network_gives_the_torch_output_for_any_batch(runtime, tmp_pa
         got = compiled(x)
         assert got.shape == expected.shape and got.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    # one export for the window shape (the batch axis is dynamic), named by the weights and the shape
-    expected_name = onnx_file_name(weights_digest(net), (3, 32, 32, 2), SLICE_BATCHED)
+    # one export for the window shape (the batch axis and, slice-batched, the depth are open), named by the
+    # weights and the shape
+    expected_name = onnx_file_name(weights_digest(net), (3, 32, 32, None), SLICE_BATCHED)
     assert [p.name for p in onnx_files(tmp_path)] == [expected_name]
     # what the inferers read off the network is the module's
     assert compiled.size_divisor == net.size_divisor and compiled.strides == net.strides
@@ -78,7 +80,7 @@ def test_the_export_is_valid_onnx_and_leaves_no_partial_file(tmp_path):
 def test_a_damaged_cache_file_is_exported_again(tmp_path):
     net = tiny_unetpp()
     x = torch.randn(1, 3, 32, 32, 2)
-    (tmp_path / onnx_file_name(weights_digest(net), x.shape[1:], SLICE_BATCHED)).write_bytes(b"not an onnx file")
+    (tmp_path / onnx_file_name(weights_digest(net), (3, 32, 32, None), SLICE_BATCHED)).write_bytes(b"not an onnx file")
     with torch.no_grad():
         expected = net(x)
     torch.testing.assert_close(CompiledNetwork(net, "openvino", tmp_path)(x), expected, rtol=1e-4, atol=1e-4)
@@ -88,7 +90,8 @@ def test_a_damaged_cache_file_is_exported_again(tmp_path):
 def test_a_cached_file_of_another_network_is_caught_and_exported_again(tmp_path):
     net, other = tiny_unetpp(seed=0), tiny_unetpp(seed=1)
     x = torch.randn(1, 3, 32, 32, 2)
-    path = export_onnx(other, x, tmp_path / onnx_file_name(weights_digest(net), x.shape[1:], SLICE_BATCHED))
+    path = export_onnx(slice_batched(other), x, tmp_path / onnx_file_name(weights_digest(net), (3, 32, 32, None),
+                                                                             SLICE_BATCHED), dynamic_spatial_axes=(2,))
     foreign = path.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fall-back to torch

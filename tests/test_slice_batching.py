@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+import pipeline.runtimes.network
+
 from pipeline.networks import UNet, UNetPlusPlus
 from pipeline.networks.slice_batching import SliceBatchedNetwork, SliceGroupInstanceNorm, slice_axis_of, slice_batched
 from pipeline.networks.unit_axis import UnitAxisConv3d, fold_unit_axes
@@ -114,7 +116,51 @@ def test_a_compiled_slice_wise_network_is_exported_slice_batched(tmp_path):
     net = slice_wise()
     _assert_compiled_gives_the_network_output(net, torch.randn(2, 3, 32, 32, 3), tmp_path)
     names = [p.name for p in tmp_path.glob("*.onnx")]
-    assert names == [onnx_file_name(weights_digest(net), (3, 32, 32, 3), SLICE_BATCHED)]
+    assert names == [onnx_file_name(weights_digest(net), (3, 32, 32, None), SLICE_BATCHED)]
+
+
+def test_a_slice_batched_export_with_an_open_slice_axis_takes_any_depth_and_batch(tmp_path):
+    net = slice_wise()
+    path = export_onnx(slice_batched(net), torch.randn(1, 3, 32, 32, 4), tmp_path / "open.onnx",
+                       dynamic_spatial_axes=(2,))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, slices in ((1, 1), (3, 2), (2, 5), (1, 7)):
+        x = torch.randn(batch, 3, 32, 32, slices)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_windows_of_every_depth_share_one_export_and_one_loaded_model(tmp_path, monkeypatch):
+    loads = []
+    load = pipeline.runtimes.network.load_runtime_model
+    monkeypatch.setattr("pipeline.runtimes.network.load_runtime_model",
+                        lambda *args, **kwargs: loads.append(args[1]) or load(*args, **kwargs))
+    net = slice_wise()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall-back to torch
+        compiled = CompiledNetwork(net, "onnxruntime", tmp_path)
+        for slices in (2, 5, 1, 3, 5):
+            x = torch.randn(2, 3, 32, 32, slices)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), net(x), atol=1e-4, rtol=1e-4)
+    assert [p.name for p in tmp_path.glob("*.onnx")] == [onnx_file_name(weights_digest(net), (3, 32, 32, None),
+                                                                        SLICE_BATCHED)]
+    assert len(loads) == 1
+
+
+class _FixedDepthSliceBatchedNetwork(SliceBatchedNetwork):
+    """Takes the depth as a Python number, as a careless edit would: the export then works for its own depth only."""
+
+    def forward(self, x):
+        return super().forward(x.reshape(x.shape[0], x.shape[1], x.shape[2], x.shape[3], int(x.shape[4])))
+
+
+def test_an_export_whose_depth_is_not_open_is_caught_and_exported_per_shape(tmp_path, monkeypatch):
+    net = slice_wise()
+    monkeypatch.setattr("pipeline.runtimes.network.SliceBatchedNetwork", _FixedDepthSliceBatchedNetwork)
+    _assert_compiled_gives_the_network_output(net, torch.randn(1, 3, 32, 32, 4), tmp_path)
+    assert onnx_file_name(weights_digest(net), (3, 32, 32, 4)) in [p.name for p in tmp_path.glob("*.onnx")]
 
 
 def test_a_slice_batched_export_that_disagrees_gives_way_to_the_network_as_it_is(tmp_path, monkeypatch):

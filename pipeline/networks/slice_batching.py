@@ -110,7 +110,7 @@ class SliceGroupInstanceNorm(nn.Module):
         self.eps = float(norm.eps)
         self.weight = norm.weight
         self.bias = norm.bias
-        self.slices = int(slices)
+        self.slices = slices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` (N * slices, C, *spatial) per original input and channel."""
@@ -161,7 +161,7 @@ class SliceBatchedNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's output for ``x`` (N, C, S0, S1, S2)."""
-        slices = int(x.shape[2 + self.axis])
+        slices = x.shape[2 + self.axis]  # not int(): a tracer keeps the size as a graph value, so exports take any depth
         for norm in self._norms:
             norm.slices = slices
         moved = x.permute(self._into)

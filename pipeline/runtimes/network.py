@@ -28,6 +28,12 @@ FLOAT32_TOLERANCE = 1e-3
 REDUCED_PRECISION_AGREEMENT = 0.99
 
 
+def _open_axis_probes(key: tuple[int, ...], axis: int) -> list[tuple[int, ...]]:
+    """Shapes (channels and spatial size) that check a model whose spatial ``axis`` is open: one slice (the
+    slices never meet) and three (they meet in the norms), whatever depth the export was traced with."""
+    return [tuple(slices if i == 1 + axis else size for i, size in enumerate(key)) for slices in (1, 3)]
+
+
 class CompiledNetwork(nn.Module):
     """``network`` exported to ONNX and run by ``runtime``: a module whose forward gives the network's output
     (tensor in, tensor out), so an inferer, a forward hook or a timer treats it as the network itself.
@@ -35,10 +41,11 @@ class CompiledNetwork(nn.Module):
     Attributes the inferers read (``size_divisor``, ``strides``, ``margin``, ...) are the network's. For each new
     input shape (channels and spatial size; the batch axis is dynamic) the network is exported once
     (:func:`pipeline.runtimes.onnx_export.export_onnx`) into ``cache_dir`` under a name keyed by its weights,
-    so later runs load the file instead; a slice-wise network is exported slice-batched
-    (:mod:`pipeline.networks.slice_batching`). Every loaded model is first checked against the torch module on a
-    random window of its shape. The weights are read again whenever they change in place (a checkpoint loaded
-    after this object was made).
+    so later runs load the file instead. A slice-wise network is exported slice-batched
+    (:mod:`pipeline.networks.slice_batching`) with its number of slices left open, so one file and one loaded
+    model serve windows of every depth. Every loaded model is first checked against the torch module on random
+    windows (of its shape; of two depths when the depth is open). The weights are read again whenever they
+    change in place (a checkpoint loaded after this object was made).
 
     A cached file that cannot be loaded or fails the check is exported again. Whatever fails after that (the
     export, loading, the check) is stated in a warning, and the network then runs in torch: the result is
@@ -59,7 +66,8 @@ class CompiledNetwork(nn.Module):
         self.runtime = runtime
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.reduced_precision = bool(reduced_precision)
-        self._models: dict[tuple[int, ...], Any] = {}
+        self._models: dict[tuple[int, ...], Any] = {}  # by input shape; shapes that share a file share its model
+        self._loaded: dict[Path, Any] = {}
         self._weights_version: tuple | None = None
         self._digest = ""
         self._fallback_reason: str | None = None
@@ -97,46 +105,59 @@ class CompiledNetwork(nn.Module):
         return Path(self._temporary.name)
 
     def _load(self, sample: torch.Tensor) -> Any:
-        """The runtime's model for inputs shaped like ``sample``, checked: from the cache, else exported.
+        """The runtime's model for inputs shaped like ``sample``, checked: already loaded, from the cache, else
+        exported.
 
         A network whose slices meet only in instance norms is exported slice-batched
-        (:class:`pipeline.networks.slice_batching.SliceBatchedNetwork`: the same output with fewer copies); if that
-        export fails or does not match the module, the network is exported as it is.
+        (:class:`pipeline.networks.slice_batching.SliceBatchedNetwork`: the same output with fewer copies), with
+        its slice axis open; if that export fails or does not match the module, the network is exported as it is,
+        for this shape.
         """
         folder = self._writable_cache()
         key = tuple(sample.shape[1:])
         axis = slice_axis_of(self.network)
         if axis is not None:
+            open_key = tuple(None if i == 1 + axis else size for i, size in enumerate(key))
             try:
-                return self._load_file(folder / onnx_file_name(self._digest, key, SLICE_BATCHED),
-                                       lambda: SliceBatchedNetwork(self.network, axis).eval(), sample, key)
+                return self._load_file(folder / onnx_file_name(self._digest, open_key, SLICE_BATCHED),
+                                       lambda: SliceBatchedNetwork(self.network, axis).eval(), sample, key, axis)
             except Exception as error:
                 logger.info("exporting the network as it is: its slice-batched export failed (%s: %s)",
                             type(error).__name__, error)
         return self._load_file(folder / onnx_file_name(self._digest, key), lambda: self.network, sample, key)
 
     def _load_file(self, path: Path, build: Callable[[], nn.Module], sample: torch.Tensor,
-                   key: tuple[int, ...]) -> Any:
-        """The model in ``path`` if it is there and checks, else ``build()`` exported there, loaded and checked."""
+                   key: tuple[int, ...], open_axis: int | None = None) -> Any:
+        """The model in ``path``: already loaded, else loaded if the file is there and checks, else ``build()``
+        exported there (``open_axis``, a spatial axis, left dynamic), loaded and checked."""
+        if path in self._loaded:
+            return self._loaded[path]
+        shapes = [key] if open_axis is None else _open_axis_probes(key, open_axis)
         cache = path.parent / "openvino" if self.runtime == "openvino" else None
+        model = None
         if path.is_file():
             try:
                 model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
-                self._check(model, key)
-                return model
+                self._check(model, shapes)
             except Exception as error:  # a damaged or foreign file: export it again
                 logger.warning("re-exporting %s: %s", path, error)
-        export_onnx(build(), sample, path)
-        logger.info("network exported to %s for %s", path, self.runtime)
-        model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
-        self._check(model, key)
+                model = None
+        if model is None:
+            export_onnx(build(), sample, path, () if open_axis is None else (open_axis,))
+            logger.info("network exported to %s for %s", path, self.runtime)
+            model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
+            self._check(model, shapes)
+        self._loaded[path] = model
         return model
 
-    def _check(self, model: Any, sample_shape: tuple[int, ...]) -> None:
-        # on a fixed random window rather than the data: on a constant window (background) instance norm divides
+    def _check(self, model: Any, sample_shapes: list[tuple[int, ...]]) -> None:
+        # on fixed random windows rather than the data: on a constant window (background) instance norm divides
         # rounding noise by sqrt(eps), and any two runtimes, or two torch builds, disagree there by design
         generator = torch.Generator().manual_seed(0)
-        probe = torch.randn((1, *sample_shape), generator=generator)
+        for sample_shape in sample_shapes:
+            self._check_shape(model, torch.randn((1, *sample_shape), generator=generator))
+
+    def _check_shape(self, model: Any, probe: torch.Tensor) -> None:
         with torch.no_grad():
             expected = self.network(probe.to(self._device())).float().cpu()
         got = torch.from_numpy(np.ascontiguousarray(model(probe.numpy())))
@@ -158,6 +179,7 @@ class CompiledNetwork(nn.Module):
     def _fall_back(self, reason: str) -> None:
         self._fallback_reason = reason
         self._models.clear()
+        self._loaded.clear()
         warnings.warn(f"runtime {self.runtime!r}: {reason}; the network runs in torch instead", stacklevel=3)
 
     def forward(self, inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -168,6 +190,7 @@ class CompiledNetwork(nn.Module):
         if self._weights_changed():
             self._digest = weights_digest(self.network)
             self._models.clear()
+            self._loaded.clear()
             self._fallback_reason = None
         if args or kwargs or self._fallback_reason is not None:
             return self.network(inputs, *args, **kwargs)

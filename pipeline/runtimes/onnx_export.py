@@ -48,11 +48,12 @@ def weights_digest(network: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def onnx_file_name(digest: str, sample_shape: Sequence[int], layout: str = "") -> str:
-    """The cache file name of a network's ONNX export for inputs of ``sample_shape`` (channels and spatial size;
-    the batch axis is dynamic): keyed by the weights, the shape, the graph's layout (``""`` for the network as
-    it is, :data:`SLICE_BATCHED`), the opset and the exporting torch version."""
-    shape = "x".join(str(int(s)) for s in sample_shape)
+def onnx_file_name(digest: str, sample_shape: Sequence[int | None], layout: str = "") -> str:
+    """The cache file name of a network's ONNX export for inputs of ``sample_shape`` (channels and spatial size,
+    None for an axis the export leaves dynamic, written ``any``; the batch axis is always dynamic): keyed by the
+    weights, the shape, the graph's layout (``""`` for the network as it is, :data:`SLICE_BATCHED`), the opset
+    and the exporting torch version."""
+    shape = "x".join("any" if s is None else str(int(s)) for s in sample_shape)
     torch_version = torch.__version__.split("+")[0]
     tag = f"-{layout}" if layout else ""
     return f"{digest[:24]}-{shape}{tag}-opset{ONNX_OPSET}-torch{torch_version}.onnx"
@@ -73,7 +74,8 @@ def runtime_cache_dir() -> str:
     return str(Path(base).expanduser() / "isles-pipeline" / RUNTIME_CACHE_FOLDER)
 
 
-def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path) -> Path:
+def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path,
+                dynamic_spatial_axes: Sequence[int] = ()) -> Path:
     """Export ``network`` to ONNX at ``path`` for inputs shaped like ``sample`` with a dynamic batch axis.
 
     The file is written to a temporary name in the same folder and renamed into place, so a reader never sees
@@ -83,6 +85,9 @@ def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path) -> P
         network: the network in eval mode (one tensor out).
         sample: an input (N, C, *spatial) on the network's device; its values do not matter.
         path: the ONNX file to write.
+        dynamic_spatial_axes: spatial axes (0 for the first) whose size the file leaves open too, input and
+            output alike; only for a network that traces them as sizes (the slice axis of a
+            :class:`pipeline.networks.slice_batching.SliceBatchedNetwork`), as the tracer would otherwise record the sample's size as a constant.
 
     Returns:
         ``path``.
@@ -97,10 +102,12 @@ def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".partial", dir=path.parent)
     os.close(handle)
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}}
+    dynamic = {0: "batch", **{2 + int(a): f"spatial{int(a)}" for a in dynamic_spatial_axes}}
+    axes = {"input": dict(dynamic), "output": dict(dynamic)}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on shapes taken as constants: the shape is fixed here
+            # the tracer's notes on sizes taken as constants: those of the axes left fixed here
+            warnings.simplefilter("ignore")
             # the TorchScript exporter: the dynamo one takes several times longer for these networks, same graph
             convert_to_onnx(network.eval(), [sample], input_names=["input"], output_names=["output"],
                             opset_version=ONNX_OPSET, dynamic_axes=axes, filename=partial, verify=False,
