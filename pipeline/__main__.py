@@ -28,4 +28,7 @@ if __name__ == "__main__":
     # benchmark measures glibc's defaults against it itself.
     if sys.argv[1:2] != ["benchmark"]:
         keep_freed_memory()
+    from pipeline.interpreter_exit import skip_exit_collection
+
+    skip_exit_collection()
     sys.exit(main())
