@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pipeline.__main__ import build_parser, main
 from pipeline.benchmark import SECTIONS, BenchmarkOptions, NetworkClock, command_line, run_benchmark, time_side_by_side
+from pipeline.benchmark.targets import paired_difference
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,13 @@ def test_the_timing_input_is_a_head_sized_ellipse_on_every_slice():
     assert rows.stop - rows.start == pytest.approx(2 * HEAD_SEMI_AXES[0] * 256, abs=2)
     assert cols.stop - cols.start == pytest.approx(2 * HEAD_SEMI_AXES[1] * 256, abs=2)
     assert torch.equal(x, head_like_input(5, (256, 256, 8)))  # seeded
+
+
+def test_the_dice_comparison_is_paired_with_its_standard_error():
+    rows = [{"a": 0.5, "b": 0.4}, {"a": 0.3, "b": 0.4}, {"a": 0.7, "b": 0.4}]  # differences 0.1, -0.1, 0.3
+    mean, error = paired_difference(rows, "a", "b")
+    assert mean == pytest.approx(0.1)
+    assert error == pytest.approx(0.2 / np.sqrt(3))
+    assert paired_difference(rows[:1], "a", "b") == (pytest.approx(0.1), 0.0)
+    with pytest.raises(ValueError):
+        paired_difference([], "a", "b")

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.benchmark.measurement import Timing
 from pipeline.benchmark.scenarios import IN_CHANNELS_TIMING
+from pipeline.benchmark.targets import paired_difference
 
 if TYPE_CHECKING:
     from pipeline.benchmark.run import BenchmarkResult
@@ -142,8 +143,12 @@ def format_results(result: BenchmarkResult) -> str:
                  f"{total['seconds_monai']:.1f}", f"{total['seconds_monai'] / total['seconds_ours']:.2f}"])
     lines += _table(["case", "input", "Dice ours", "Dice MONAI", "Dice grown tiles", "ours vs MONAI", "ours s",
                      "MONAI s", "speed-up"], rows)
-    lines += ["", f"Mean Dice difference ours - MONAI: {mean['dice_ours'] - mean['dice_monai']:+.4f}; "
-              f"grown tiles (float32) - MONAI: {mean['dice_grown'] - mean['dice_monai']:+.4f}.", ""]
+    gap, gap_error = paired_difference(result.dice, "dice_ours", "dice_monai")
+    grown_gap, grown_error = paired_difference(result.dice, "dice_grown", "dice_monai")
+    lines += ["", f"Mean Dice difference ours - MONAI: {gap:+.4f} (standard error {gap_error:.4f}); grown tiles "
+              f"(float32) - MONAI: {grown_gap:+.4f} ({grown_error:.4f}). The standard error is that of the mean of "
+              f"the {len(result.dice)} paired differences: a difference within about two of it is what another "
+              "draw of as many cases could reverse.", ""]
 
     lines += ["## Tiling overhead", "",
               "End-to-end time of tiled inference over one whole-volume network pass (float32) on the same volume "

@@ -20,6 +20,21 @@ TARGETS = {
 }
 
 
+def paired_difference(rows: list[dict], first: str, second: str) -> tuple[float, float]:
+    """The mean of ``row[first] - row[second]`` over ``rows`` (the same cases scored two ways) and its standard
+    error (0 for fewer than two rows): how far the mean could move on another draw of as many cases.
+
+    Raises:
+        KeyError: a row lacks one of the keys.
+        ValueError: no rows.
+    """
+    if not rows:
+        raise ValueError("no rows to compare")
+    differences = np.array([row[first] - row[second] for row in rows], dtype=float)
+    error = float(differences.std(ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else 0.0
+    return float(differences.mean()), error
+
+
 def judge(result: BenchmarkResult) -> None:
     """Fill ``result.ratios`` (the headline ratios) and ``result.targets`` (per target: what, figure, met).
 
@@ -41,7 +56,8 @@ def judge(result: BenchmarkResult) -> None:
         ratios[f"{name} speed-up over MONAI, tuned malloc"] = timings["monai"].total / timings["ours"].total
         ratios[f"{name} tiling overhead, tuned malloc"] = timings["grown"].total / timings["whole"].total
     mean = {m: float(np.mean([row[f"dice_{m}"] for row in result.dice])) for m in ("ours", "monai", "grown")}
-    ratios["Dice difference ours - MONAI"] = mean["ours"] - mean["monai"]
+    ratios["Dice difference ours - MONAI"], ratios["Dice difference standard error"] = paired_difference(
+        result.dice, "dice_ours", "dice_monai")
     ratios["Dice ours vs MONAI masks"] = float(np.mean([row["dice_ours_vs_monai"] for row in result.dice]))
     ratios["trained-model speed-up over MONAI (test cases)"] = (
         sum(r["seconds_monai"] for r in result.dice) / sum(r["seconds_ours"] for r in result.dice))
@@ -54,7 +70,7 @@ def judge(result: BenchmarkResult) -> None:
     speedups = [ratios[f"{n} speed-up over MONAI (end to end)"] for n in names]
     overheads = [ratios[f"{n} tiling overhead (grown tiles / whole)"] for n in names]
     trained = ratios["trained-model speed-up over MONAI (test cases)"]
-    gap = ratios["Dice difference ours - MONAI"]
+    gap, gap_error = ratios["Dice difference ours - MONAI"], ratios["Dice difference standard error"]
     tuned = result.tuned_inference
     tuned_speedups = "" if not tuned else (
         "; with the tuned malloc " + " / ".join(f"{ratios[f'{n} speed-up over MONAI, tuned malloc']:.2f}x" for n in tuned))
@@ -75,7 +91,8 @@ def judge(result: BenchmarkResult) -> None:
             f"{TARGETS['dice_tolerance']} (no worse); ours: {result.ours_description}",
             f"{' / '.join(f'{v:.2f}x' for v in speedups)} ({' / '.join(names)}, end to end, 5-channel network)"
             f"{tuned_speedups}; {trained:.2f}x over the trained model's test cases; mean Dice ours {mean['ours']:.4f}, "
-            f"MONAI {mean['monai']:.4f} ({gap:+.4f}: {dice_note})",
+            f"MONAI {mean['monai']:.4f} ({gap:+.4f}, standard error {gap_error:.4f} over {len(result.dice)} cases: "
+            f"{dice_note})",
             min(shipped_speedups) >= TARGETS["speedup"] and gap >= -TARGETS["dice_tolerance"],
         ),
         (

@@ -18,7 +18,7 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
                    help="trained weights, e.g. demo_output/unetplusplus/models/last.pt (default: train a small UNet++ first)")
     p.add_argument("--workdir", default=None, help="folder for the synthetic data and training run (default: a temporary one)")
     add_synthetic_arguments(p, None, None, 1, "synthetic training cases (default 24; 8 with --checkpoint)",
-                            "synthetic test cases for the Dice rows (default 8)",
+                            "synthetic test cases for the Dice rows (default 32)",
                             "seed of the synthetic data (default 1; the demo uses 0)")
     p.add_argument("--train-budget", type=float, default=None,
                    help="seconds of training (default 300; 60 with --checkpoint, where training is only timed)")
