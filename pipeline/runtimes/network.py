@@ -68,6 +68,7 @@ class CompiledNetwork(nn.Module):
         self.reduced_precision = bool(reduced_precision)
         self._models: dict[tuple[int, ...], Any] = {}  # by input shape; shapes that share a file share its model
         self._loaded: dict[Path, Any] = {}
+        self._refused: set[Path] = set()  # slice-batched files that failed: not exported again for each depth
         self._weights_version: tuple | None = None
         self._digest = ""
         self._fallback_reason: str | None = None
@@ -118,10 +119,13 @@ class CompiledNetwork(nn.Module):
         axis = slice_axis_of(self.network)
         if axis is not None:
             open_key = tuple(None if i == 1 + axis else size for i, size in enumerate(key))
+            path = folder / onnx_file_name(self._digest, open_key, SLICE_BATCHED)
             try:
-                return self._load_file(folder / onnx_file_name(self._digest, open_key, SLICE_BATCHED),
-                                       lambda: SliceBatchedNetwork(self.network, axis).eval(), sample, key, axis)
+                if path not in self._refused:
+                    return self._load_file(path, lambda: SliceBatchedNetwork(self.network, axis).eval(), sample,
+                                           key, axis)
             except Exception as error:
+                self._refused.add(path)
                 logger.info("exporting the network as it is: its slice-batched export failed (%s: %s)",
                             type(error).__name__, error)
         return self._load_file(folder / onnx_file_name(self._digest, key), lambda: self.network, sample, key)
@@ -191,6 +195,7 @@ class CompiledNetwork(nn.Module):
             self._digest = weights_digest(self.network)
             self._models.clear()
             self._loaded.clear()
+            self._refused.clear()
             self._fallback_reason = None
         if args or kwargs or self._fallback_reason is not None:
             return self.network(inputs, *args, **kwargs)

@@ -86,8 +86,9 @@ def export_onnx(network: nn.Module, sample: torch.Tensor, path: str | Path,
         sample: an input (N, C, *spatial) on the network's device; its values do not matter.
         path: the ONNX file to write.
         dynamic_spatial_axes: spatial axes (0 for the first) whose size the file leaves open too, input and
-            output alike; only for a network that traces them as sizes (the slice axis of a
-            :class:`pipeline.networks.slice_batching.SliceBatchedNetwork`), as the tracer would otherwise record the sample's size as a constant.
+            output alike. Only for a network that traces them as sizes (the slice axis of a
+            :class:`pipeline.networks.slice_batching.SliceBatchedNetwork`); where the network turns a size into a
+            Python number, the file keeps the sample's size there.
 
     Returns:
         ``path``.
