@@ -139,27 +139,46 @@ class TracebackCondenser:
 
     Feed it the child's lines in order; lines outside a traceback come back unchanged. A traceback (from
     ``Traceback (most recent call last):`` through its indented frames, chained ones included) comes back as
-    its exception line only, e.g. ``pipeline.predict.engine.CaseFailuresError: 1 case(s) failed...``.
+    its exception line only, e.g. ``pipeline.predict.engine.CaseFailuresError: 1 case(s) failed...``. Where MONAI's
+    config parser wraps an error it chains to (``RuntimeError: Failed to evaluate ConfigExpression`` with the
+    expression, ``Failed to instantiate component ...``), the wrapper is dropped, message and all, up to the next
+    blank line: the error it wraps has already been shown.
     """
 
     _CHAIN = ("The above exception was the direct cause of the following exception:",
               "During handling of the above exception, another exception occurred:")
+    _MONAI_WRAPPERS = ("RuntimeError: Failed to evaluate ConfigExpression", "RuntimeError: Failed to instantiate component")
 
     def __init__(self) -> None:
         self.inside = False
+        self.chained = False  # a chain header was seen: the next exception line wraps the one shown before it
+        self.dropping = False  # inside a dropped wrapper's message
 
     def feed(self, line: str) -> str:
-        """Return what to show of ``line`` ("" for a line of a traceback's body)."""
+        """Return what to show of ``line`` ("" for a line of a traceback's body or of a dropped wrapper)."""
         text = line.rstrip("\n")
+        if self.dropping:
+            if text.strip() and not text.startswith("Traceback (most recent call last):"):
+                return ""
+            self.dropping = False
         if text.startswith("Traceback (most recent call last):"):
             self.inside = True
             return ""
         if self.inside:
-            if not text.strip() or text.startswith((" ", "\t")) or text.strip() in self._CHAIN:
+            if not text.strip() or text.startswith((" ", "\t")):
+                return ""
+            if text.strip() in self._CHAIN:
+                self.chained = True
                 return ""
             self.inside = False  # the exception line closes the traceback
+            wrapper = self.chained and text.startswith(self._MONAI_WRAPPERS)
+            self.chained = False
+            if wrapper:
+                self.dropping = True
+                return ""
             return line
         if text.strip() in self._CHAIN:
+            self.chained = True
             return ""
         return line
 

@@ -427,3 +427,32 @@ def test_config_json_is_formatted_as_the_model_zoo_pre_commit_formats_it(config)
     """The zoo's pre-commit hook ``pretty-format-json --no-sort-keys --indent=4`` would leave the file unchanged."""
     text = (ROOT / config).read_text()
     assert text == json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"
+
+
+def _condensed_output_of(script: str) -> list[str]:
+    import subprocess
+    import sys
+
+    from pipeline.bundles import TracebackCondenser
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    condenser = TracebackCondenser()
+    return [shown.rstrip("\n") for line in done.stderr.splitlines(keepends=True) if (shown := condenser.feed(line))]
+
+
+def test_a_monai_config_wrapper_is_dropped_and_the_error_it_wraps_is_shown():
+    # a real MONAI config expression that fails: MONAI re-raises it as "Failed to evaluate ConfigExpression"
+    shown = _condensed_output_of(
+        "from monai.bundle import ConfigParser\n"
+        "ConfigParser({'run': ['$int(\"not a number\")']}).get_parsed_content('run')\n")
+    assert any(line.startswith("ValueError: invalid literal for int()") for line in shown)
+    assert not any("Failed to evaluate" in line or "not a number\")" in line for line in shown if "ValueError" not in line)
+    assert not any(line.startswith(("Traceback", "  File")) for line in shown)
+
+
+def test_a_chained_error_of_our_own_keeps_both_lines():
+    shown = _condensed_output_of(
+        "try:\n    raise OSError('disk full')\n"
+        "except OSError as error:\n    raise RuntimeError('Failed to evaluate the case list') from error\n")
+    assert [line for line in shown if line.strip()] == ["OSError: disk full", "RuntimeError: Failed to evaluate the case list"]
