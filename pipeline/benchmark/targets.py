@@ -22,7 +22,14 @@ TARGETS = {
 
 def paired_difference(rows: list[dict], first: str, second: str) -> tuple[float, float]:
     """The mean of ``row[first] - row[second]`` over ``rows`` (the same cases scored two ways) and its standard
-    error (0 for fewer than two rows): how far the mean could move on another draw of as many cases.
+    error: how far the mean could move on another draw of as many cases.
+
+    Args:
+        rows: one mapping per case.
+        first, second: the keys of the two scores.
+
+    Returns:
+        (mean difference, standard error of that mean; 0 for a single row).
 
     Raises:
         KeyError: a row lacks one of the keys.
