@@ -257,3 +257,34 @@ def run_command(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+MONAI_BUNDLE_RUN = ("-m", "monai.bundle", "run")
+
+
+def run_in_process(command: Sequence[str], shown: Sequence[str] | None = None) -> None:
+    """Run a ``python -m monai.bundle run ...`` line (from :func:`bundle_command`) in this process: the same
+    arguments, parsed by python-fire as MONAI's ``__main__`` parses them, handed to ``monai.bundle.scripts.run``.
+
+    What a warm process does instead of starting ``python -m monai.bundle`` (seconds of imports per run): the
+    ``serve`` worker runs each study's bundle this way. The line is printed first, as :func:`run_command` does.
+
+    Args:
+        command: the argument list, ``sys.executable, "-m", "monai.bundle", "run"`` first.
+        shown: the command line to print instead of ``command``.
+
+    Raises:
+        ValueError: ``command`` is not a ``monai.bundle run`` line.
+        Exception: whatever the bundle run raises (its ``finalize`` step raises when cases failed).
+    """
+    if tuple(command[1:4]) != MONAI_BUNDLE_RUN:
+        raise ValueError(f"not a 'python -m monai.bundle run' line: {shlex.join(command[:4])}")
+    import fire
+    from monai.bundle.scripts import run
+
+    print(shlex.join(shown or command), flush=True)
+    try:
+        fire.Fire(run, command=list(command[4:]), name="monai.bundle run")
+    except SystemExit as exit_:  # fire exits on an argument it cannot parse; a run's error is an exception
+        if exit_.code not in (0, None):
+            raise RuntimeError(f"monai.bundle run refused its arguments (exit status {exit_.code})") from exit_

@@ -85,7 +85,8 @@ ISLES2024_CLINICAL_JSON = "acute-stroke-clinical-information.json"
 ISLES2024_OUTPUT_FOLDER = ("images", "stroke-lesion-segmentation")
 ISLES2024_OUTPUT_FILE = "output.mha"
 # predict --format dicom-seg: the files beside each case's <case_id>.nii.gz
-DICOM_SIDE_SUFFIXES = {"segmentation": "_seg.dcm", "summary": "_summary.json", "figure": "_summary.png"}
+DICOM_SIDE_SUFFIXES = {"segmentation": "_seg.dcm", "summary": "_summary.json", "figure": "_summary.png",
+                       "capture": "_summary.dcm"}
 # the synthetic dataset's test subjects as the container receives them: <folder>/<sub>/images/<slug>/<sub>.mha
 ISLES2024_CONTAINER_TEST_FOLDER = "TESTING_CONTAINER_INPUT"
 # The synthetic dataset's test labels and per-case table.
@@ -265,7 +266,8 @@ def dicom_output_names(case_id: str) -> dict[str, str]:
 
     Returns:
         ``{"mask": "<case_id>.nii.gz", "segmentation": "<case_id>_seg.dcm", "summary": "<case_id>_summary.json",
-        "figure": "<case_id>_summary.png"}``.
+        "figure": "<case_id>_summary.png", "capture": "<case_id>_summary.dcm"}`` (the last: the figure as a DICOM
+        Secondary Capture).
 
     Raises:
         CaseError: ``case_id`` is not one plain file-name component.

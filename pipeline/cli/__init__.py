@@ -4,6 +4,7 @@ Commands: ``synth`` (the embedded synthetic ISLES 2018 dataset), ``prepare`` (la
 folds and fingerprint), ``train`` (a bundle's train config), ``postprocess`` (the post-processing fitted on the validation folds),
 ``predict`` (a bundle's inference config,
 outputs on the native grid), ``evaluate`` (ISLES metrics, threshold baseline, clinical volumes),
+``serve`` (a warm service: studies from a PACS or a folder, DICOM Segmentations back),
 ``report`` (overlays, tables, training curves), ``demo`` (the main job end to end on the embedded
 default data), ``benchmark`` (speed and memory against MONAI's defaults: benchmarks/results.md).
 Exit status 0 on success; on bad input, 2 with one paragraph naming the case and the file.
@@ -17,12 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.cli import benchmark, demo, evaluate, export, postprocess, predict, prepare, report, synth, train
+from pipeline.cli import benchmark, demo, evaluate, export, postprocess, predict, prepare, report, serve, synth, train
 from pipeline.cli.arguments import debug_parent
 from pipeline.errors import EXIT_INTERRUPTED, cli_message
 
 # In the order of ``--help``.
-COMMANDS = (synth, prepare, train, postprocess, predict, evaluate, export, report, benchmark, demo)
+COMMANDS = (synth, prepare, train, postprocess, predict, evaluate, export, serve, report, benchmark, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,8 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
                         "isles2024: the challenge container's images/stroke-lesion-segmentation/output.mha (one "
                         "folder per case, <case_id>/images/..., when several cases are predicted); dicom-seg (DICOM "
                         "input): <case_id>_seg.dcm, a DICOM Segmentation referencing the NCCT series, with "
-                        "<case_id>_summary.json/.png (core, Tmax > 6 s and mismatch volumes) and <case_id>.nii.gz")
+                        "<case_id>_summary.json/.png (core, Tmax > 6 s and mismatch volumes), the PNG as a DICOM "
+                        "Secondary Capture <case_id>_summary.dcm, and <case_id>.nii.gz")
     p.add_argument("--name", default="team", help="team name in ISLES 2018 submission file names")
     p.add_argument("--split", default="testing", choices=["testing", "training"],
                    help="which cases of the datalist or folder to predict (default testing)")

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError
+from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command, run_in_process
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError, cli_message
 from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest, stage_summary
 from pipeline.predict.checkpoint import check_checkpoint, configured_network
 from pipeline.predict.models import BEST_MODEL, resolve_checkpoints
@@ -105,7 +105,22 @@ def trained_channels(checkpoints: list[Path], plans: str | Path | None) -> list[
     return [str(c) for c in named] if named else None
 
 
-def run_predict(args) -> int:
+def _run_bundle_in_process(command: list[str], shown: list[str], debug: bool) -> int:
+    """The bundle line run in this process; its exit status as the process would have had it (0, or 1 with the
+    error's one paragraph on stderr, the traceback only with ``debug``)."""
+    try:
+        run_in_process(command, shown=shown)
+    except Exception as err:  # noqa: BLE001 - the run's failure is reported as its process would report it
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(cli_message(err)[1], file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    return 0
+
+
+def run_predict(args, in_process: bool = False) -> int:
     """``python -m pipeline predict``: see the module docstring. Returns the exit status.
 
     Before any inference it checks the records (:func:`pipeline.data.validation.check_records`), the output
@@ -123,6 +138,10 @@ def run_predict(args) -> int:
     ``args.nproc`` (``--nproc``, default 1) above 1 runs the bundle under ``torch.distributed.run``
     with ``configs/multi_gpu_inference.json`` (one process per GPU on a GPU machine).
 
+    ``in_process`` runs the same ``monai.bundle run`` line in this process (:func:`pipeline.bundles.run_in_process`)
+    instead of a new Python process: what the warm ``serve`` worker does, where torch and MONAI are already imported.
+    It cannot be combined with ``--nproc``.
+
     Raises:
         FileNotFoundError: no such bundle (or, with ``--nproc``, no ``multi_gpu_inference.json``), input or checkpoint.
         CaseError: a bad record, output name or checkpoint (see above).
@@ -137,6 +156,9 @@ def run_predict(args) -> int:
     nproc = int(getattr(args, "nproc", None) or 1)
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    if in_process and nproc > 1:
+        raise ValueError("--nproc runs the bundle under torch.distributed.run, in processes of its own: it cannot "
+                         "run in this process")
     extra_configs = ["multi_gpu_inference.json"] if nproc > 1 else []
     if extra_configs:
         check_bundle(bundle, extra_configs[0])
@@ -219,8 +241,12 @@ def run_predict(args) -> int:
             print(post_line)
             print(f"predict: {len(records)} case(s) from {input_path} -> {output_dir} ({args.format}{processes}); "
                   f"written to {staging.name}/ first, published when the run ends")
-            status = run_command(command, on_start=check_checkpoints,
-                                 condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
+            if in_process:
+                check_checkpoints(None)
+                status = _run_bundle_in_process(command, equivalent, getattr(args, "debug", False))
+            else:
+                status = run_command(command, on_start=check_checkpoints,
+                                     condense_tracebacks=not getattr(args, "debug", False), shown=equivalent)
             if args.format == "dicom-seg":
                 from pipeline.predict.dicom_outputs import add_dicom_outputs
 

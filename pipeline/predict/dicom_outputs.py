@@ -46,7 +46,8 @@ def model_name(bundle: str | Path) -> str:
 
 def write_case_dicom_outputs(record: Mapping, mask_path: str | Path, output_dir: str | Path, name: str, version: str,
                              tmax_threshold_s: float = 6.0) -> list[Path]:
-    """Write one DICOM case's Segmentation and clinical summary beside its mask.
+    """Write one DICOM case's Segmentation and clinical summary (JSON, PNG and the PNG as a DICOM Secondary Capture)
+    beside its mask.
 
     Args:
         record: the case's datalist record from the ``dicom`` layout (``case_id``, ``reference``: one file of the
@@ -57,12 +58,13 @@ def write_case_dicom_outputs(record: Mapping, mask_path: str | Path, output_dir:
         tmax_threshold_s: hypoperfused means Tmax above this.
 
     Returns:
-        The written files: the Segmentation, the summary JSON and the PNG.
+        The written files: the Segmentation, the summary JSON, the PNG and its Secondary Capture.
 
     Raises:
         CaseError: the reference series changed since ``prepare`` or does not lie on the mask's grid, the case has no
             Tmax series, or a file cannot be read.
     """
+    from pipeline.dicom.capture import write_summary_capture
     from pipeline.dicom.seg import write_segmentation
     from pipeline.dicom.series import reference_series_files
     from pipeline.dicom.summary import clinical_summary, read_on_grid, write_summary_figure, write_summary_json
@@ -81,8 +83,11 @@ def write_case_dicom_outputs(record: Mapping, mask_path: str | Path, output_dir:
     tmax = read_on_grid(tmax_path, reference)
     summary = clinical_summary(case_id, mask, tmax, read_geometry(reference).spacing, tmax_threshold_s)
     written.append(write_summary_json(summary, path_in(output_dir, names["summary"], case_id, "output name")))
-    written.append(write_summary_figure(summary, read_array(reference), mask, tmax,
-                                        path_in(output_dir, names["figure"], case_id, "output name")))
+    figure = write_summary_figure(summary, read_array(reference), mask, tmax,
+                                  path_in(output_dir, names["figure"], case_id, "output name"))
+    written.append(figure)
+    written.append(write_summary_capture(figure, files[0], path_in(output_dir, names["capture"], case_id, "output name"),
+                                         model_name=name, case_id=case_id))
     return written
 
 
