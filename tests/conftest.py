@@ -62,3 +62,21 @@ def synthetic_datalist(tmp_path_factory):
         return root / "datalist.json"
 
     return make
+
+
+TINY_NETWORK = ["--set", "features=[4,4,8,8,8,8]", "--set", "batch_size=2", "--set", "cache_rate=0.0",
+                "--set", "patch_size=[64,64,1]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ctp_model(tmp_path_factory) -> Path:
+    """A tiny UNet++ trained for one epoch on the synthetic ISLES 2024 data (channels NCCT, CBF, CBV, MTT, Tmax: the
+    hospital DICOM profile's), once per test session; returns its ``train --output`` folder."""
+    root = tmp_path_factory.mktemp("tiny-ctp-model")
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
+    assert main(["synth", str(root / "synth"), "--cases", "4", "--test-cases", "1", "--seed", "5",
+                 "--layout", "isles2024"]) == 0
+    assert main(["prepare", "--root", str(root / "synth"), "--out", str(root / "synth.json"), "--folds", "2"]) == 0
+    assert main(["train", "--bundle", str(bundle), "--datalist", str(root / "synth.json"), "--fold", "0",
+                 "--epochs", "1", "--output", str(root / "run"), "--postprocessing", "none", *TINY_NETWORK]) == 0
+    return root / "run"

@@ -311,14 +311,12 @@ def test_a_map_read_on_the_ncct_grid(tmp_path):
     assert np.allclose(on_grid[17:], 0.0) and np.allclose(on_grid[:, 17:], 0.0) and np.allclose(on_grid[:, :, 2:], 0.0)
 
 
-def test_a_dicom_folder_goes_in_and_a_segmentation_and_clinical_summary_come_out(tmp_path, capsys):
+def test_a_dicom_folder_goes_in_and_a_segmentation_and_clinical_summary_come_out(tmp_path, capsys, tiny_ctp_model):
     """prepare reads the patient's series, predict --format dicom-seg writes the DICOM Segmentation (read back: on the
     NCCT's instances, voxel for voxel the NIfTI mask), the summary JSON (its volumes from the mask) and the PNG."""
     from pipeline.__main__ import main
 
     bundle = Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus"
-    tiny = ["--set", "features=[4,4,8,8,8,8]", "--set", "batch_size=2", "--set", "cache_rate=0.0",
-            "--set", "patch_size=[64,64,1]"]
     patient = tmp_path / "dicom" / "patient_1"
     ct = ct_values()
     write_series(patient / "ncct", ct, "Head NCCT 5mm")
@@ -338,14 +336,7 @@ def test_a_dicom_folder_goes_in_and_a_segmentation_and_clinical_summary_come_out
     last.ImagePositionPatient = [*last.ImagePositionPatient[:2], float(last.ImagePositionPatient[2]) + 5.0]
     last.InstanceNumber = 5
     last.save_as(tmp_path / "dicom" / "patient_2" / "ncct" / "IM4", enforce_file_format=True)
-    # a tiny model on the same channels, from the synthetic ISLES 2024 data
-    data = tmp_path / "synth"
-    assert main(["synth", str(data), "--cases", "4", "--test-cases", "1", "--seed", "5", "--layout", "isles2024"]) == 0
-    synth_datalist = tmp_path / "synth.json"
-    assert main(["prepare", "--root", str(data), "--out", str(synth_datalist), "--folds", "2"]) == 0
-    run = tmp_path / "run"
-    assert main(["train", "--bundle", str(bundle), "--datalist", str(synth_datalist), "--fold", "0", "--epochs", "1",
-                 "--output", str(run), "--postprocessing", "none", *tiny]) == 0
+    run = tiny_ctp_model
     out = tmp_path / "out"
     assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--model", str(run),
                  "--output", str(out), "--format", "dicom-seg", "--postprocessing", "none"]) == 2
@@ -359,7 +350,7 @@ def test_a_dicom_folder_goes_in_and_a_segmentation_and_clinical_summary_come_out
     assert ",failed," in manifest["patient_2"] and ",written," in manifest["patient_1"]
     # NIfTI input is refused before any work, with a message and no traceback
     capsys.readouterr()
-    assert main(["predict", "--bundle", str(bundle), "--input", str(synth_datalist), "--model", str(run),
+    assert main(["predict", "--bundle", str(bundle), "--input", str(run.parent / "synth.json"), "--model", str(run),
                  "--output", str(tmp_path / "refused"), "--format", "dicom-seg"]) == 2
     said = capsys.readouterr().err
     assert "dicom-seg writes DICOM Segmentations" in said and "Traceback" not in said

@@ -99,8 +99,9 @@ class Service:
 
     # ---- start and stop -------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Take the state folder, put back what a stopped service left, start the worker (and wait for its warm-up),
-        then the inputs, the sender and the status endpoint.
+        """Take the state folder, put back what a stopped service left, start the status endpoint and the inputs (a
+        study that arrives during the warm-up is received and waits), then the worker (waiting for its warm-up) and
+        the sender.
 
         Raises:
             ServiceError: the state folder is used by another service, or the worker could not warm up.
@@ -117,7 +118,6 @@ class Service:
             self.status = StatusServer(self.queue, self.health, *self.options.http)
             self.status.start()
             LOG.info("status on http://%s:%d/health", self.options.http[0], self.status.port)
-        self._start_worker()
         if self.options.dicom_port is not None:
             from pipeline.serve.listener import StudyListener
 
@@ -130,6 +130,7 @@ class Service:
         if self.options.inbox is not None:
             self.inbox = Inbox(self.options.inbox, self.queue, self.state_dir, self.options.stable_seconds)
             LOG.info("watching %s for study folders", self.options.inbox)
+        self._start_worker()  # studies that arrive meanwhile are received and wait in the queue
         if not self.options.once:  # with once, the loop makes one try of each send itself before it stops
             self._sender.start()
 
@@ -200,7 +201,8 @@ class Service:
         alive = self._worker is not None and self._worker.is_alive()
         status = "ok" if alive and self._worker_state == "warm" else ("starting" if self._worker_state == "starting"
                                                                         else "worker lost")
-        return {"status": status, "worker": self._worker_state, "running_job": self._running_job,
+        return {"status": status, "worker": self._worker_state, "worker_pid": self._worker.pid if alive else None,
+                "running_job": self._running_job,
                 "listening": self.listener.port if self.listener is not None else None,
                 "send_to": str(self.options.send_to) if self.options.send_to else None}
 
