@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers; each test module runs on one worker, so its module fixtures are built once
 TEST_WORKERS ?= 2
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv pacs clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pipeline demo
 
-test: $(STAMP)
+# Orthanc, the PACS the serve tests run against (Debian's orthanc and orthanc-dicomweb): installed with apt-get when
+# missing; where that is not possible, those tests skip and say why.
+ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo -n)
+pacs:
+	@if ! { command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } || ! test -f $(ORTHANC_PLUGIN); then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	      --no-install-recommends orthanc orthanc-dicomweb >/dev/null \
+	      || echo "Orthanc could not be installed with apt-get: the serve tests will skip"; \
+	  else echo "no apt-get: Orthanc is not installed and the serve tests will skip"; fi; \
+	fi
+
+test: $(STAMP) pacs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 clean:

@@ -40,12 +40,12 @@ class Orthanc:
 
     Args:
         folder: its storage, index, configuration and log.
-        dicom_port: its DICOM port (default: a free one).
+        dicom_port, http_port: its ports (default: free ones).
     """
 
-    def __init__(self, folder: Path, dicom_port: int | None = None) -> None:
+    def __init__(self, folder: Path, dicom_port: int | None = None, http_port: int | None = None) -> None:
         self.folder = Path(folder)
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
         self.process: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -56,7 +56,8 @@ class Orthanc:
             raise RuntimeError("Orthanc is not installed")
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "tests", "StorageDirectory": str(self.folder / "storage"), "IndexDirectory": str(self.folder / "index"),
+            "Name": "tests", "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": AE_TITLE,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "StableAge": 1, "SaveJobs": False,

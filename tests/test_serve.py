@@ -250,3 +250,55 @@ def test_a_service_killed_mid_study_completes_it_exactly_once_after_a_restart(tm
         assert "queued again" in (tmp_path / "state" / "serve.log").read_text()
     finally:
         restarted.stop()
+
+
+def test_results_go_by_stow_rs_and_wait_while_the_pacs_is_down(tmp_path, tiny_ctp_model):
+    """Inbox in, DICOMweb out: while nothing answers at the URL the results wait (sending, with the reason), and
+    once Orthanc answers there they are stored."""
+    port = free_port()
+    running = RunningService(tmp_path / "state", tiny_ctp_model, "--inbox", str(tmp_path / "inbox"),
+                             "--stable-seconds", "0.5", "--send-to", f"http://127.0.0.1:{port}/dicom-web",
+                             "--send-retry-seconds", "0.5").start()
+    try:
+        study_uid, _ = write_study(tmp_path / "staging" / "study")
+        (tmp_path / "staging" / "study").rename(tmp_path / "inbox" / "study")
+        job = wait_for(lambda: next((j for j in running.jobs() if j["study_uid"] == study_uid
+                                     and j["send_attempts"] >= 1), None), 120)
+        assert job["state"] == "sending" and "STOW-RS failed" in job["reason"]
+        assert list((tmp_path / "inbox").iterdir()) == []  # taken into the job
+        late = Orthanc(tmp_path / "orthanc", http_port=port).start()
+        try:
+            job_in_state(running, study_uid, "sent", 60)
+            back = results_in_orthanc(late, study_uid)
+            assert len(back["SEG"]) == 1 and len(back["OT"]) == 1
+        finally:
+            late.stop()
+    finally:
+        running.stop()
+
+
+def test_a_study_too_large_for_the_memory_limit_fails_alone_and_once_exits(tmp_path, tiny_ctp_model):
+    """serve --once on an inbox: the study that needs more memory than --job-memory-gb fails with that reason, the
+    small one is predicted, and the service exits 0 when both are done."""
+    import numpy as np
+
+    from pipeline.dicom.writer import write_ct_study
+
+    rng = np.random.default_rng(0)
+    shape = (256, 256, 24)
+    big = {name: rng.uniform(1.0, 60.0, shape) for name in ("NCCT", "CBF", "CBV", "MTT", "Tmax")}
+    big_uid = generate_uid()
+    write_ct_study(tmp_path / "inbox" / "big", big, np.diag([0.9, 0.9, 5.0, 1.0]), {k: k for k in big},
+                   study={"StudyInstanceUID": big_uid, "PatientID": "BIG"})
+    small_uid, _ = write_study(tmp_path / "inbox" / "small")
+    state = tmp_path / "state"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--bundle", str(BUNDLE), "--model",
+                           str(tiny_ctp_model), "--state", str(state), "--inbox", str(tmp_path / "inbox"), "--once",
+                           "--stable-seconds", "0", "--runtime", "torch", "--threads", "1", "--job-memory-gb", "0.25"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with sqlite3.connect(state / "jobs.sqlite") as db:
+        jobs = {uid: (job_state, reason) for uid, job_state, reason in
+                db.execute("SELECT study_uid, state, reason FROM jobs")}
+    assert jobs[big_uid][0] == "failed" and "memory limit of 0.2 GiB" in jobs[big_uid][1]
+    assert jobs[small_uid] == ("done", "")

@@ -35,6 +35,9 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--send-to", default=None, metavar="AE@HOST:PORT|URL",
                    help="where results go: a DICOM node (C-STORE) or a DICOMweb base URL (STOW-RS); without it "
                         "results stay in the state folder")
+    p.add_argument("--send-retry-seconds", type=float, default=5.0,
+                   help="after a failed send, wait this long before the next try, doubling after each failure up to "
+                        "10 minutes (default 5); results are never dropped")
     p.add_argument("--http", default=None, metavar="HOST:PORT", help="serve the status (/health, /jobs) here")
     p.add_argument("--stable-seconds", type=float, default=10.0,
                    help="a study is complete when no instance of it came for this long (default 10)")
@@ -67,14 +70,16 @@ def _options(args: argparse.Namespace):
     for title in [args.ae_title, *args.allow_ae]:
         if not 0 < len(title.strip()) <= 16 or "\\" in title:
             raise ValueError(f"AE title {title!r}: 1 to 16 characters, no backslash")
-    if args.stable_seconds < 0 or args.job_timeout <= 0 or args.job_memory_gb <= 0:
-        raise ValueError("--stable-seconds must be at least 0, --job-timeout and --job-memory-gb above 0")
+    if args.stable_seconds < 0 or args.send_retry_seconds < 0 or args.job_timeout <= 0 or args.job_memory_gb <= 0:
+        raise ValueError("--stable-seconds and --send-retry-seconds must be at least 0, --job-timeout and "
+                         "--job-memory-gb above 0")
     return ServeOptions(
         state_dir=Path(args.state), ae_title=args.ae_title.strip(), dicom_port=args.dicom_port,
         dicom_host=args.dicom_host, allowed_ae=[a.strip() for a in args.allow_ae],
         inbox=Path(args.inbox) if args.inbox else None,
         send_to=parse_destination(args.send_to) if args.send_to else None,
-        http=parse_address(args.http) if args.http else None, stable_seconds=args.stable_seconds, once=args.once)
+        http=parse_address(args.http) if args.http else None, stable_seconds=args.stable_seconds, once=args.once,
+        retry_seconds=args.send_retry_seconds)
 
 
 def command_serve(args: argparse.Namespace) -> int:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RECEIVED, QUEUED, RUNNING, SENDING, SENT, DONE, FAILED = "received", "queued", "running", "sending", "sent", "done", "failed"
+RECEIVED, QUEUED, RUNNING, SENDING = "received", "queued", "running", "sending"
+SENT, DONE, FAILED = "sent", "done", "failed"
 STATES = (RECEIVED, QUEUED, RUNNING, SENDING, SENT, DONE, FAILED)
 FINAL_STATES = (SENT, DONE, FAILED)
 # A job that was running when the service stopped this many times is failed rather than run again.

@@ -86,8 +86,9 @@ class StudyListener:
             self.server = None
 
     def _on_rejected(self, event) -> None:
-        LOG.warning("association from %s (calling AE %r) rejected: AE title not accepted", event.assoc.requestor.address,
-                    event.assoc.requestor.ae_title)
+        requestor = event.assoc.requestor
+        LOG.warning("association from %s (calling AE %r) rejected: AE title not accepted", requestor.address,
+                    requestor.ae_title)
 
     def _on_store(self, event) -> int:
         calling = str(event.assoc.requestor.ae_title).strip()

@@ -66,9 +66,10 @@ def result_objects(output_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SENT_SUFFIXES))
 
 
-def retry_delay(attempts: int) -> float:
-    """Seconds before the next try after ``attempts`` failed sends: 5, 10, 20, ... up to 600."""
-    return min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, int(attempts) - 1))
+def retry_delay(attempts: int, first: float = RETRY_FIRST_SECONDS) -> float:
+    """Seconds before the next try after ``attempts`` failed sends: ``first`` (5 by default), doubling with each
+    further failure, at most 600."""
+    return min(RETRY_MAX_SECONDS, max(float(first), 0.0) * 2 ** max(0, int(attempts) - 1))
 
 
 def send(destination: Destination, files: Sequence[str | Path], calling_ae_title: str) -> None:

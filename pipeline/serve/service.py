@@ -25,7 +25,9 @@ from pipeline.manifest import FAILED as CASE_FAILED
 from pipeline.manifest import STAGE_COLUMNS, WRITTEN, read_manifest
 from pipeline.serve.inbox import Inbox
 from pipeline.serve.jobs import DONE, FAILED, QUEUED, RECEIVED, RUNNING, SENDING, JobQueue
-from pipeline.serve.sender import Destination, SendError, result_objects, retry_delay, send
+from pipeline.serve.sender import (
+    RETRY_FIRST_SECONDS, Destination, SendError, result_objects, retry_delay, send,
+)
 from pipeline.serve.studies import JobFolders
 from pipeline.serve.worker import JobLimits, PredictSettings, settings_payload, worker_main
 
@@ -56,6 +58,7 @@ class ServeOptions:
         http: the status endpoint's (host, port) (``None``: none).
         stable_seconds: a study is complete when no instance of it came for this long.
         once: run what is received and queued, try each send once, then stop.
+        retry_seconds: the wait before the first new try of a failed send (doubling after each failure).
     """
 
     state_dir: Path
@@ -68,6 +71,7 @@ class ServeOptions:
     http: tuple[str, int] | None = None
     stable_seconds: float = 10.0
     once: bool = False
+    retry_seconds: float = RETRY_FIRST_SECONDS
 
 
 class Service:
@@ -264,7 +268,8 @@ class Service:
         folders = JobFolders(self.state_dir, job_id)
         stages = {"receive": job.last_instance_at - job.received_at,
                   "wait": (job.started_at or job.last_instance_at) - job.last_instance_at,
-                  "predict": float(result.get("seconds") or 0.0)}
+                  "predict": float(result.get("seconds") or 0.0),
+                  "peak_private_mb": float(result.get("peak_private_mb") or 0.0)}
         entries = [] if result.get("killed") else (read_manifest(folders.output) or [])
         written = [e for e in entries if e.status == WRITTEN]
         if written:
@@ -315,7 +320,7 @@ class Service:
                 raise SendError("the job's output folder holds no DICOM object to send")
             send(self.options.send_to, files, self.options.ae_title)
         except (SendError, OSError, ValueError) as err:
-            delay = retry_delay(attempts + 1)
+            delay = retry_delay(attempts + 1, self.options.retry_seconds)
             self.queue.send_failed(job_id, f"sending to {self.options.send_to} failed: {err}", delay)
             LOG.warning("job %d (study %s): sending to %s failed (%s): next try in %g s", job_id, study_uid,
                         self.options.send_to, err, delay)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,27 +245,30 @@ def run_job_child(settings: PredictSettings, request: Mapping[str, Any], limits:
             return cli_message(err)[0]
 
 
-def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLimits) -> dict[str, Any]:
+def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLimits,
+            child: Callable[[PredictSettings, Mapping[str, Any], JobLimits], int] = run_job_child) -> dict[str, Any]:
     """Fork a child for one job and wait for it within the limits.
 
     Args:
         settings: the ``predict`` flags.
         request: ``{"job": id, "input": folder, "output": folder, "log": file}``.
         limits: the job's limits.
+        child: what the child runs (its return value is the child's exit status): :func:`run_job_child`.
 
     Returns:
-        ``{"job": id, "exit": status or None, "killed": why or None, "seconds": wall time, "error": the log's last
-        error line}``.
+        ``{"job": id, "exit": status or None, "killed": why or None, "seconds": wall time, "peak_private_mb": the
+        largest private memory seen, "error": the log's last error line}``.
     """
     started = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the worker's loop
         status = 1
         try:
-            status = run_job_child(settings, request, limits)
+            status = child(settings, request, limits)
         finally:
             os._exit(status if isinstance(status, int) else 1)
     killed = None
+    peak = 0
     while True:
         done, wait_status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -275,6 +278,7 @@ def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLi
             killed = f"it ran past the job's time limit of {limits.seconds:g} s (serve --job-timeout)"
         else:
             private = private_memory_bytes(pid)
+            peak = max(peak, private or 0)
             if private is not None and limits.memory_bytes > 0 and private > limits.memory_bytes:
                 killed = (f"it used more than the job's memory limit of {limits.memory_bytes / 2**30:.1f} GiB "
                           "(serve --job-memory-gb)")
@@ -288,7 +292,8 @@ def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLi
     if killed is None and code < 0:
         killed = f"it was ended by signal {-code} ({signal.Signals(-code).name})"
     return {"job": request["job"], "exit": None if killed else code, "killed": killed,
-            "seconds": round(time.perf_counter() - started, 3), "error": _last_error(Path(request["log"]))}
+            "seconds": round(time.perf_counter() - started, 3), "peak_private_mb": round(peak / 2**20, 1),
+            "error": _last_error(Path(request["log"]))}
 
 
 def worker_main(connection, settings: Mapping[str, Any], limits: Mapping[str, Any], warmup_log: str) -> None:
@@ -325,7 +330,3 @@ def settings_payload(settings: PredictSettings, limits: JobLimits) -> tuple[dict
     """The worker's arguments as plain data (they cross a process boundary)."""
     return asdict(settings), asdict(limits)
 
-
-def forward_overrides(pairs: Sequence[str] | None) -> list[str]:
-    """``--set`` items as given (checked by ``predict`` in each job)."""
-    return [str(p) for p in pairs or []]
