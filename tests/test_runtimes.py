@@ -101,6 +101,25 @@ def test_a_cached_file_of_another_network_is_caught_and_exported_again(tmp_path)
     assert path.read_bytes() != foreign
 
 
+def test_a_cached_file_that_passed_its_check_loads_without_torch_beside_it_until_it_changes(tmp_path):
+    net, other = tiny_unetpp(seed=0), tiny_unetpp(seed=1)
+    x = torch.randn(1, 3, 32, 32, 2)
+    CompiledNetwork(net, "onnxruntime", tmp_path)(x)
+    [path] = onnx_files(tmp_path)
+    assert path.with_name(path.name + ".onnxruntime.checked").is_file()
+    torch_calls = []
+    net.register_forward_hook(lambda *_: torch_calls.append(1))
+    with torch.no_grad():
+        expected = net(x)
+    torch_calls.clear()
+    torch.testing.assert_close(CompiledNetwork(net, "onnxruntime", tmp_path)(x), expected, rtol=1e-4, atol=1e-4)
+    assert torch_calls == []  # loaded as recorded: no check against torch
+    # another network's export put at that name after the check: checked again, caught, exported again
+    export_onnx(slice_batched(other), x, path, dynamic_spatial_axes=(2,))
+    torch.testing.assert_close(CompiledNetwork(net, "onnxruntime", tmp_path)(x), expected, rtol=1e-4, atol=1e-4)
+    assert torch_calls
+
+
 def test_an_export_that_computes_something_else_is_caught_and_torch_runs_instead(tmp_path):
     class ShapeOfTheData(torch.nn.Module):  # the trace keeps the branch of the input it was exported with
         def forward(self, x):

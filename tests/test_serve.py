@@ -22,8 +22,8 @@ pytest.importorskip("pynetdicom")
 from pydicom.uid import generate_uid  # noqa: E402
 
 from dicom_studies import write_patient  # noqa: E402
-from orthanc import AE_TITLE as ORTHANC_AE  # noqa: E402
-from orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
+from pipeline.benchmark.orthanc import AE_TITLE as ORTHANC_AE  # noqa: E402
+from pipeline.benchmark.orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None,
                                 reason="Orthanc is not installed (make test installs Debian's orthanc with apt-get)")

@@ -85,3 +85,13 @@ def load_runtime_model(runtime: str, path: str | Path, reduced_precision: bool =
     if runtime == "openvino":
         return OpenVINOModel(path, reduced_precision=reduced_precision, cache_dir=cache_dir)
     raise ValueError(f"no ONNX model loader for runtime {runtime!r}")
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a runtime's package (``onnxruntime``, ``openvino``), ``""`` when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(runtime)
+    except PackageNotFoundError:
+        return ""

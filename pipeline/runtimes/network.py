@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import tempfile
 import warnings
@@ -14,7 +15,9 @@ import torch
 from monai.data import MetaTensor
 from torch import nn
 
-from pipeline.runtimes.backends import load_runtime_model
+from pipeline.io import atomic_write_json
+from pipeline.manifest import file_sha256
+from pipeline.runtimes.backends import load_runtime_model, runtime_version
 from pipeline.networks.slice_batching import SliceBatchedNetwork, slice_axis_of
 from pipeline.runtimes.onnx_export import SLICE_BATCHED, export_onnx, onnx_file_name, weights_digest
 
@@ -44,8 +47,9 @@ class CompiledNetwork(nn.Module):
     so later runs load the file instead. A slice-wise network is exported slice-batched
     (:mod:`pipeline.networks.slice_batching`) with its number of slices left open, so one file and one loaded
     model serve windows of every depth. Every loaded model is first checked against the torch module on random
-    windows (of its shape; of two depths when the depth is open). The weights are read again whenever they
-    change in place (a checkpoint loaded after this object was made).
+    windows (of its shape; of two depths when the depth is open); a file that passed is recorded as such beside it
+    (``<file>.<runtime>.checked``: its SHA-256 and the runtime's version) and loads unchecked afterwards. The
+    weights are read again whenever they change in place (a checkpoint loaded after this object was made).
 
     A cached file that cannot be loaded or fails the check is exported again. Whatever fails after that (the
     export, loading, the check) is stated in a warning, and the network then runs in torch: the result is
@@ -142,7 +146,9 @@ class CompiledNetwork(nn.Module):
         if path.is_file():
             try:
                 model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
-                self._check(model, shapes)
+                if not self._passed_before(path):
+                    self._check(model, shapes)
+                    self._record_pass(path)
             except Exception as error:  # a damaged or foreign file: export it again
                 logger.warning("re-exporting %s: %s", path, error)
                 model = None
@@ -151,8 +157,30 @@ class CompiledNetwork(nn.Module):
             logger.info("network exported to %s for %s", path, self.runtime)
             model = load_runtime_model(self.runtime, path, self.reduced_precision, cache)
             self._check(model, shapes)
+            self._record_pass(path)
         self._loaded[path] = model
         return model
+
+    def _pass_record(self, path: Path) -> Path:
+        precision = "-reduced" if self.reduced_precision else ""
+        return path.with_name(f"{path.name}.{self.runtime}{precision}.checked")
+
+    def _pass_content(self, path: Path) -> dict[str, str]:
+        return {"sha256": file_sha256(path), "runtime": self.runtime, "version": runtime_version(self.runtime)}
+
+    def _passed_before(self, path: Path) -> bool:
+        """True when this very file (by its SHA-256) passed the check with this runtime, version and precision:
+        a warm service's job or a new predict run then loads it without running torch beside it."""
+        try:
+            return json.loads(self._pass_record(path).read_text()) == self._pass_content(path)
+        except (OSError, ValueError):
+            return False
+
+    def _record_pass(self, path: Path) -> None:
+        try:
+            atomic_write_json(self._pass_record(path), self._pass_content(path))
+        except OSError as error:  # a read-only cache: the check runs again next time
+            logger.info("cannot record the check of %s: %s", path, error)
 
     def _check(self, model: Any, sample_shapes: list[tuple[int, ...]]) -> None:
         # on fixed random windows rather than the data: on a constant window (background) instance norm divides

@@ -1,6 +1,6 @@
-"""A real Orthanc PACS for the tests: Debian's ``orthanc`` (and ``orthanc-dicomweb``) started on free 127.0.0.1 ports
-with a JSON configuration in a temporary folder, and the few REST calls the tests make (the standard library's
-``urllib``). ``make test`` installs the packages with apt-get when they are missing."""
+"""A local Orthanc PACS for the serve benchmark and tests: Debian's ``orthanc`` (and ``orthanc-dicomweb``) started on
+free 127.0.0.1 ports with a JSON configuration in a folder of the caller's, and the few REST calls they make (the
+standard library's ``urllib``). ``make test`` installs the packages with apt-get when they are missing."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 class Orthanc:
-    """One Orthanc server (see the module docstring).
+    """One Orthanc server (see the module docstring): :meth:`start` it, :meth:`stop` it (waiting for its exit).
 
     Args:
         folder: its storage, index, configuration and log.
