@@ -9,7 +9,8 @@ for a failed case), ``status`` (``written`` or ``failed``), ``checkpoint`` (the 
 ``checkpoint_sha256``, ``written_at`` (UTC, ISO 8601), ``error`` (why a case failed), and the seconds the case
 spent in each stage of the run: ``load_s`` (reading and preprocessing its files), ``network_s`` (the inferer: every
 window through the network, and their blending) and ``postprocess_s`` (softmax, inversion onto the case's own
-grid, the mask rule, writing), empty for a failed case.
+grid, the mask rule, writing; with ``--format dicom-seg`` also the DICOM Segmentation and the clinical summary),
+empty for a failed case.
 """
 
 from __future__ import annotations

@@ -296,3 +296,30 @@ def test_published_means_a_finished_runs_manifest(tmp_path):
     (folders.output / MANIFEST_NAME).write_text(
         "run_id,case_id,file,status,checkpoint,checkpoint_sha256,written_at,error,load_s,network_s,postprocess_s\n")
     assert folders.published()
+
+
+def test_a_checkpoint_fits_its_network_is_checked_once_per_process_until_the_file_changes(tmp_path, tiny_ctp_model):
+    import shutil
+
+    from pipeline.data.profiles import PROFILES_DIR
+    from pipeline.errors import CaseError
+    from pipeline.predict.checkpoint import check_checkpoints_fit
+    from pipeline.predict.command import network_settings
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus", bundle)
+    checkpoint = tmp_path / "last.pt"
+    shutil.copy2(tiny_ctp_model / "models" / "last.pt", checkpoint)
+    shutil.copy2(tiny_ctp_model / "models" / "trained_plans.json", tmp_path / "trained_plans.json")
+    channels = ["NCCT", "CBF", "CBV", "MTT", "Tmax"]
+    settings = [("channels", channels), ("output_dir", "a"), *network_settings([checkpoint], None)]
+    profile = PROFILES_DIR / "isles2024.yaml"
+    check_checkpoints_fit(bundle, profile, settings, [checkpoint], channels)
+    config = bundle / "configs" / "inference.json"
+    kept = config.read_bytes()
+    config.unlink()  # the network could not be configured now: a run with other per-run settings is not checked again
+    check_checkpoints_fit(bundle, profile, [*settings[:1], ("output_dir", "b"), *settings[2:]], [checkpoint], channels)
+    config.write_bytes(kept)
+    checkpoint.write_bytes(b"truncated")  # a changed file is checked again
+    with pytest.raises(CaseError, match="cannot be loaded as PyTorch weights"):
+        check_checkpoints_fit(bundle, profile, settings, [checkpoint], channels)

@@ -88,6 +88,7 @@ def command_serve(args: argparse.Namespace) -> int:
     Checks the options, the bundle and the model, starts the service and runs it until SIGTERM or Ctrl-C (with
     ``--once``: until what was received is done). Returns the exit status: 0, or 2 when it cannot start.
     """
+    _check_packages()
     from pipeline.bundles import check_bundle
     from pipeline.predict.command import checkpoint_specs
     from pipeline.predict.models import BEST_MODEL, resolve_checkpoints
@@ -121,6 +122,19 @@ def command_serve(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _check_packages() -> None:
+    """Raises MissingExtraError when a package of the ``dicom`` extra that the service needs is missing."""
+    from importlib.util import find_spec
+
+    from pipeline.data.dicom import DICOM_EXTRA
+    from pipeline.errors import MissingExtraError
+
+    missing = [name for name in ("pydicom", "highdicom", "pynetdicom", "dicomweb_client") if find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(f"serve needs {', '.join(missing)}, which is not installed: install the project's dicom "
+                                f"extra with `{DICOM_EXTRA}` (in the project folder)")
 
 
 def _log_to(path: Path) -> None:

@@ -92,3 +92,38 @@ def configured_network(bundle: Path, profile: Path, settings: list[tuple[str, ob
     except Exception as err:  # noqa: BLE001 - any config error is reported as one message
         raise ValueError(f"{bundle}: cannot build network_def from configs/inference.json with these settings: "
                          f"{str(root_cause(err)).strip()}") from err
+
+
+# Settings of a predict run that do not change the network: left out of what a passed check is remembered by.
+_RUN_SETTINGS = frozenset({"datalist", "data_split", "output_dir", "prediction_run_id", "runtime", "team_name",
+                           "output_format", "save_probabilities", "case_folders", "tta", "strict_channels",
+                           "lesion_threshold", "min_lesion_ml"})
+_PASSED: set[tuple] = set()
+
+
+def _file_identity(path: Path) -> tuple:
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def check_checkpoints_fit(bundle: Path, profile: Path, settings: Sequence[tuple[str, object]],
+                          checkpoints: Sequence[Path], channels: list[str]) -> None:
+    """Check every checkpoint against the network the settings configure (:func:`configured_network`,
+    :func:`check_checkpoint`), once per process for the same files (path, size, modification time) and network
+    settings: ``serve``'s worker checks the model at its warm-up, and its forked jobs inherit the result.
+
+    Raises:
+        CaseError, ValueError, FileNotFoundError: as :func:`check_checkpoint` and :func:`configured_network`.
+    """
+    try:
+        files = tuple(_file_identity(c) for c in checkpoints)
+    except OSError as err:
+        raise CaseError(None, str(err.filename), f"cannot read the checkpoint ({err.strerror})") from None
+    key = (str(bundle), str(profile), tuple((k, repr(v)) for k, v in settings if k not in _RUN_SETTINGS), files,
+           tuple(channels))
+    if key in _PASSED:
+        return
+    network = configured_network(bundle, profile, list(settings))
+    for checkpoint in checkpoints:
+        check_checkpoint(checkpoint, network, channels)
+    _PASSED.add(key)

@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.bundles import bundle_command, check_bundle, parse_overrides, profile_path, run_command, run_in_process
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, CaseError, cli_message
 from pipeline.manifest import FAILED, FAILURES_NAME, MANIFEST_NAME, WRITTEN, new_run_id, read_manifest, stage_summary
-from pipeline.predict.checkpoint import check_checkpoint, configured_network
+from pipeline.predict.checkpoint import check_checkpoints_fit
 from pipeline.predict.models import BEST_MODEL, resolve_checkpoints
 from pipeline.predict.names import OUTPUT_FORMATS, planned_output_names
 from pipeline.predict.publishing import STAGING_PREFIX, clear_stale_staging, existing_outputs, publish_results
@@ -217,9 +217,7 @@ def run_predict(args, in_process: bool = False) -> int:
         def check_checkpoints(_run) -> None:
             # while the bundle process starts: both import MONAI (seconds each), and on two or more cores the
             # imports overlap; a failed check stops that process before it has read a case
-            network = configured_network(bundle, profile, settings + overrides)
-            for checkpoint in checkpoints:
-                check_checkpoint(checkpoint, network, channels)
+            check_checkpoints_fit(bundle, profile, settings + overrides, checkpoints, channels)
 
         created = not output_dir.exists()
         output_dir.mkdir(parents=True, exist_ok=True)

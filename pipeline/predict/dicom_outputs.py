@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,14 @@ def write_case_dicom_outputs(record: Mapping, mask_path: str | Path, output_dir:
     return written
 
 
+def _with_writing_time(entry, seconds: float):
+    """The entry with the DICOM outputs' seconds added to its post-processing and writing stage."""
+    try:
+        return replace(entry, postprocess_s=f"{float(entry.postprocess_s) + seconds:.3f}")
+    except ValueError:  # no stage time recorded (an entry of a distributed run's other rank)
+        return entry
+
+
 def add_dicom_outputs(run_dir: str | Path, records: Sequence[Mapping], checkpoints: Sequence[str | Path],
                       bundle: str | Path) -> list[str]:
     """Add the DICOM outputs of every case a finished run wrote (its ``manifest.csv``), in ``run_dir``.
@@ -103,7 +112,8 @@ def add_dicom_outputs(run_dir: str | Path, records: Sequence[Mapping], checkpoin
 
     Returns:
         One message per case that failed here (naming the case and the file); those cases are marked failed in the
-        manifest and ``failures.csv``, and their files removed.
+        manifest and ``failures.csv``, and their files removed. The seconds spent on each written case's DICOM
+        outputs are added to its post-processing and writing stage in the manifest.
     """
     run_dir = Path(run_dir)
     entries = read_manifest(run_dir)
@@ -117,6 +127,7 @@ def add_dicom_outputs(run_dir: str | Path, records: Sequence[Mapping], checkpoin
             updated.append(entry)
             continue
         mask = run_dir / entry.file
+        started = time.perf_counter()
         try:
             record = by_id.get(entry.case_id)
             if record is None:
@@ -130,9 +141,9 @@ def add_dicom_outputs(run_dir: str | Path, records: Sequence[Mapping], checkpoin
             updated.append(replace(entry, file="", status=FAILED, error=str(error)))
             failures.append(str(error))
             continue
-        updated.append(entry)
+        updated.append(_with_writing_time(entry, time.perf_counter() - started))
+    write_manifest(run_dir / MANIFEST_NAME, updated)
     if failures:
-        write_manifest(run_dir / MANIFEST_NAME, updated)
         table = run_dir / FAILURES_NAME
         rows = list(csv.DictReader(io.StringIO(table.read_text()))) if table.is_file() else []
         rows += [{"case_id": e.case_id, "error": e.error} for e in updated if e.status == FAILED

@@ -14,6 +14,7 @@ from pipeline.io import atomic_path  # noqa: E402
 
 def _save(fig, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", facecolor="white")
+        # zlib's fastest level: the default level took a large share of a figure's time, for files a little larger
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", facecolor="white", pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return path

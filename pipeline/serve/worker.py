@@ -194,8 +194,13 @@ def warm_up(settings: PredictSettings, log_path: Path) -> float:
 
     started = time.perf_counter()
     torch.set_num_threads(1)
-    from pipeline.predict.command import run_predict
     from pipeline.manifest import WRITTEN, read_manifest
+    from pipeline.predict.command import run_predict
+    from pipeline.runtimes.choice import RUNTIMES, runtime_available
+
+    if settings.runtime != "torch":  # the warm-up runs torch: import the ONNX runtimes' packages for the jobs
+        for runtime in RUNTIMES:
+            runtime_available(runtime)
 
     with tempfile.TemporaryDirectory(prefix="serve-warmup-") as work:
         study = write_warmup_study(Path(work) / "in")
