@@ -338,7 +338,7 @@ def test_a_dicom_folder_goes_in_and_a_segmentation_and_clinical_summary_come_out
     last.save_as(tmp_path / "dicom" / "patient_2" / "ncct" / "IM4", enforce_file_format=True)
     run = tiny_ctp_model
     out = tmp_path / "out"
-    assert main(["predict", "--bundle", str(bundle), "--input", str(datalist), "--model", str(run),
+    assert main(["predict", "--in-process", "--bundle", str(bundle), "--input", str(datalist), "--model", str(run),
                  "--output", str(out), "--format", "dicom-seg", "--postprocessing", "none"]) == 2
     names = sorted(p.name for p in out.iterdir())
     assert names == ["failures.csv", "manifest.csv", "patient_1.nii.gz", "patient_1_seg.dcm", "patient_1_summary.dcm",

@@ -63,7 +63,7 @@ def test_the_isles2024_chain_runs_from_synth_to_evaluate(dataset, tmp_path):
     assert main(["train", "--bundle", str(BUNDLE), "--datalist", str(datalist), "--fold", "0", "--epochs", "1",
                  "--output", str(run), "--postprocessing", "none", *TINY]) == 0
     predictions = tmp_path / "pred"
-    assert main(["predict", "--bundle", str(BUNDLE), "--input", str(datalist), "--model", str(run),
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--input", str(datalist), "--model", str(run),
                  "--output", str(predictions)]) == 0
     for subject in ("sub-stroke0005", "sub-stroke0006"):
         mask = nib.load(predictions / f"{subject}.nii.gz")
@@ -80,7 +80,7 @@ def test_the_isles2024_chain_runs_from_synth_to_evaluate(dataset, tmp_path):
 
     # the challenge's format: several cases -> one container output folder per case, scored by the challenge's rules
     batch = tmp_path / "batch"
-    assert main(["predict", "--bundle", str(BUNDLE), "--input", str(datalist), "--model", str(run),
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--input", str(datalist), "--model", str(run),
                  "--output", str(batch), "--format", "isles2024"]) == 0
     for subject in ("sub-stroke0005", "sub-stroke0006"):
         output = sitk.ReadImage(str(batch / subject / "images" / "stroke-lesion-segmentation" / "output.mha"))
@@ -96,8 +96,8 @@ def test_the_isles2024_chain_runs_from_synth_to_evaluate(dataset, tmp_path):
     # the container's own run: one case from /input, output.mha at the top, on the NCCT's grid (geometry included)
     container_input = dataset / "data" / ISLES2024_CONTAINER_TEST_FOLDER / "sub-stroke0006"
     output_dir = tmp_path / "output"
-    assert main(["predict", "--bundle", str(BUNDLE), "--input", str(container_input), "--model", str(run),
-                 "--output", str(output_dir), "--format", "isles2024"]) == 0
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--input", str(container_input),
+                 "--model", str(run), "--output", str(output_dir), "--format", "isles2024"]) == 0
     written = output_dir / "images" / "stroke-lesion-segmentation" / "output.mha"
     output, ncct = sitk.ReadImage(str(written)), sitk.ReadImage(str(container_input / isles2024_container_input("NCCT", "sub-stroke0006.mha")))
     assert output.GetSize() == ncct.GetSize()
@@ -109,8 +109,8 @@ def test_the_isles2024_chain_runs_from_synth_to_evaluate(dataset, tmp_path):
                  "--out", str(tmp_path / "eval1" / "metrics.csv")]) == 0  # the manifest names the case
     # a second run into the folder: refused without --overwrite, the earlier result unchanged
     before = written.read_bytes()
-    assert main(["predict", "--bundle", str(BUNDLE), "--input", str(container_input), "--model", str(run),
-                 "--output", str(output_dir), "--format", "isles2024"]) == 2
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--input", str(container_input),
+                 "--model", str(run), "--output", str(output_dir), "--format", "isles2024"]) == 2
     assert written.read_bytes() == before
     # what --overwrite replaces, and keeps, of these subfolders: tests/reliability/test_container_outputs.py
 

@@ -113,7 +113,7 @@ def dataset(tmp_path_factory):
 
 
 def predict(dataset: Path, *extra: str) -> int:
-    return main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
+    return main(["predict", "--in-process", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
                  "--set", f"features={TINY}", *extra])
 
 
@@ -183,7 +183,7 @@ def test_a_folder_is_predicted_with_the_channels_the_model_was_trained_on(datase
                        deep_supervision=True)
     torch.save({"model": net.state_dict()}, models / "last.pt")
     out = tmp_path / "pred"
-    assert main(["predict", "--bundle", str(BUNDLE), "--model", str(tmp_path / "run"), "--input",
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--model", str(tmp_path / "run"), "--input",
                  str(dataset / "data"), "--output", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_1.nii.gz", "case_2.nii.gz", "case_3.nii.gz"]
 
@@ -202,7 +202,7 @@ def test_isles2022_prediction_lies_on_the_dwi_grid_with_flair_resampled(tmp_path
                        features=[4, 4, 8, 8, 16], norm="instance")
     torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
     out = tmp_path / "pred"
-    assert main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(tmp_path / "model.pt"),
+    assert main(["predict", "--in-process", "--bundle", str(BUNDLE), "--checkpoint", str(tmp_path / "model.pt"),
                  "--input", str(tmp_path / "isles22"), "--output", str(out), "--format", "isles2022",
                  "--set", f"features={TINY}",
                  "--set", "kernel_sizes=3"]) == 0
@@ -251,3 +251,9 @@ def test_every_name_of_pipeline_predict_is_importable():
               for alias in node.names if node.module and node.module.startswith("pipeline.")}
     assert listed == {(module, name) for name, module in pipeline.predict._SOURCES.items()}
     assert {"SavePredictiond", "run_predict", "EnsembleCheckpointLoader"} <= set(dir(pipeline.predict))
+
+
+def test_in_process_cannot_shard_over_processes(dataset, tmp_path, capsys):
+    assert predict(dataset, "--input", str(dataset / "datalist.json"), "--output", str(tmp_path / "out"),
+                   "--nproc", "2") == 2
+    assert "cannot run in this process" in capsys.readouterr().err and not (tmp_path / "out").exists()

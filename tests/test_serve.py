@@ -4,13 +4,13 @@ users run it, ``python -m pipeline serve`` in its own process, with the session'
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from dicom_studies import write_patient  # noqa: E402
 from pipeline.benchmark.orthanc import AE_TITLE as ORTHANC_AE  # noqa: E402
 from pipeline.benchmark.orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
+from pipeline.benchmark.serve import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None,
                                 reason="Orthanc is not installed (make test installs Debian's orthanc with apt-get)")
@@ -51,7 +52,7 @@ class RunningService:
         self.state.mkdir(parents=True, exist_ok=True)
         with open(self.state.parent / f"{self.state.name}.out", "ab") as out:
             self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.health().get("status") == "ok" or self.process.poll() is not None, START_SECONDS)
+        wait_until(lambda: self.health().get("status") == "ok" or self.process.poll() is not None, START_SECONDS, 0.2)
         assert self.process.poll() is None, self.output()
         return self
 
@@ -78,17 +79,6 @@ class RunningService:
             self.process.wait(60)
 
 
-def wait_for(condition, seconds: float, every: float = 0.1):
-    """Wait until ``condition()`` is true; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not reached within {seconds} s")
-
-
 def write_study(folder: Path, skip=()) -> tuple[str, dict[str, list[Path]]]:
     """A synthetic CTP study with its own StudyInstanceUID (NCCT, the four maps, RAPID's Tmax>6s mask), one folder per
     series; returns its UID and the files per series."""
@@ -107,8 +97,8 @@ def push(orthanc: Orthanc, files: dict[str, list[Path]]) -> set[str]:
 
 def job_in_state(service: RunningService, study_uid: str, state: str, seconds: float = 120) -> dict:
     """The study's job, once it has reached ``state`` (the results arrive in Orthanc before the job is marked sent)."""
-    return wait_for(lambda: next((j for j in service.jobs() if j["study_uid"] == study_uid and j["state"] == state),
-                                 None), seconds)
+    return wait_until(lambda: next((j for j in service.jobs() if j["study_uid"] == study_uid and j["state"] == state),
+                                 None), seconds, 0.1)
 
 
 def results_in_orthanc(orthanc: Orthanc, study_uid: str) -> dict[str, list[dict]]:
@@ -142,17 +132,17 @@ def test_a_study_pushed_from_orthanc_comes_back_as_a_segmentation_of_its_ncct_wi
                                                                                                 service):
     study_uid, files = write_study(tmp_path / "1")
     push(orthanc, files)
-    back = wait_for(lambda: (lambda r: r if "SEG" in r and "OT" in r else None)(results_in_orthanc(orthanc, study_uid)),
-                    120)
+    back = wait_until(lambda: (lambda found: found if {"SEG", "OT"} <= set(found) else None)(
+        results_in_orthanc(orthanc, study_uid)), 120, 0.1)
     (seg_series,) = back["SEG"]
-    seg = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(seg_series["Instances"][0])))
+    seg = pydicom.dcmread(io.BytesIO(orthanc.instance_file(seg_series["Instances"][0])))
     ncct_uid = str(pydicom.dcmread(files["NCCT"][0], stop_before_pixels=True).SeriesInstanceUID)
     assert seg.StudyInstanceUID == study_uid
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ncct_uid
     assert {r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == {
         str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files["NCCT"]}
     (capture_series,) = back["OT"]
-    capture = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(capture_series["Instances"][0])))
+    capture = pydicom.dcmread(io.BytesIO(orthanc.instance_file(capture_series["Instances"][0])))
     assert capture.StudyInstanceUID == study_uid and capture.PhotometricInterpretation == "RGB"
     job = job_in_state(service, study_uid, "sent")
     assert job["instances"] == sum(len(f) for f in files.values())
@@ -188,7 +178,7 @@ def test_twenty_studies_sent_at_once_are_all_served_none_lost_or_mixed(tmp_path,
         studies[uid] = files
         ids |= orthanc.upload([f for series in files.values() for f in series])
     orthanc.send_study("isles", ids)
-    wait_for(lambda: sum(j["state"] == "sent" for j in service.jobs() if j["study_uid"] in studies) == 20, 300,
+    wait_until(lambda: sum(j["state"] == "sent" for j in service.jobs() if j["study_uid"] in studies) == 20, 300,
              every=1.0)
     jobs = [j for j in service.jobs() if j["study_uid"] in studies]
     assert len(jobs) == 20 and {j["state"] for j in jobs} == {"sent"}
@@ -231,10 +221,10 @@ def test_a_service_killed_mid_study_completes_it_exactly_once_after_a_restart(tm
         return row[0] if row else None
 
     worker = running.health()["worker_pid"]
-    wait_for(lambda: state() == "running", 60, every=0.01)
+    wait_until(lambda: state() == "running", 60, every=0.01)
     os.kill(running.process.pid, signal.SIGKILL)
     running.process.wait(10)
-    wait_for(lambda: not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text(),
+    wait_until(lambda: not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text(),
              10)  # the worker (and its job) went with the service
     assert state() == "running"  # as the killed service left it
     restarted = RunningService(tmp_path / "state", tiny_ctp_model, "--stable-seconds", "0.5",
@@ -243,7 +233,7 @@ def test_a_service_killed_mid_study_completes_it_exactly_once_after_a_restart(tm
     restarted.command[restarted.command.index("--dicom-port") + 1] = str(running.dicom_port)
     restarted.start()
     try:
-        wait_for(lambda: state() == "sent", 120)
+        wait_until(lambda: state() == "sent", 120)
         (job,) = [j for j in restarted.jobs() if j["study_uid"] == study_uid]
         assert job["run_attempts"] == 2 and job["send_attempts"] == 1
         assert len(results_in_orthanc(orthanc, study_uid)["SEG"]) == 1
@@ -262,7 +252,7 @@ def test_results_go_by_stow_rs_and_wait_while_the_pacs_is_down(tmp_path, tiny_ct
     try:
         study_uid, _ = write_study(tmp_path / "staging" / "study")
         (tmp_path / "staging" / "study").rename(tmp_path / "inbox" / "study")
-        job = wait_for(lambda: next((j for j in running.jobs() if j["study_uid"] == study_uid
+        job = wait_until(lambda: next((j for j in running.jobs() if j["study_uid"] == study_uid
                                      and j["send_attempts"] >= 1), None), 120)
         assert job["state"] == "sending" and "STOW-RS failed" in job["reason"]
         assert list((tmp_path / "inbox").iterdir()) == []  # taken into the job
@@ -285,7 +275,7 @@ def test_a_study_too_large_for_the_memory_limit_fails_alone_and_once_exits(tmp_p
     from pipeline.dicom.writer import write_ct_study
 
     rng = np.random.default_rng(0)
-    shape = (256, 256, 24)
+    shape = (512, 512, 16)  # several times what the limit allows once loaded and stacked
     big = {name: rng.uniform(1.0, 60.0, shape) for name in ("NCCT", "CBF", "CBV", "MTT", "Tmax")}
     big_uid = generate_uid()
     write_ct_study(tmp_path / "inbox" / "big", big, np.diag([0.9, 0.9, 5.0, 1.0]), {k: k for k in big},

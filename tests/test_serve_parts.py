@@ -139,6 +139,16 @@ def test_a_lost_worker_requeues_its_job_until_the_attempts_run_out(queue, clock)
     assert queue.get(job).state == FAILED and "given up after 3 attempts" in queue.get(job).reason
 
 
+def test_a_job_released_by_a_deliberate_stop_does_not_count_as_a_start(queue, clock):
+    job = receive(queue, "1.1", "9.1")
+    clock.now += 20
+    queue.queue_stable(10.0)
+    for _ in range(MAX_RUN_ATTEMPTS + 1):
+        queue.claim_next()
+        queue.release(job)
+    assert queue.get(job).state == QUEUED and queue.get(job).run_attempts == 0
+
+
 def test_the_queue_survives_closing_and_reopening(tmp_path, clock):
     first = JobQueue(tmp_path / "s", clock=clock)
     job = receive(first, "1.1", "9.1")

@@ -133,14 +133,19 @@ def _http_json(url: str) -> Any:
         return None
 
 
-def _wait(condition: Callable[[], Any], seconds: float, every: float = 0.02) -> Any:
+def wait_until(condition: Callable[[], Any], seconds: float, every: float = 0.02) -> Any:
+    """Call ``condition`` every ``every`` seconds until it returns something true, and return that.
+
+    Raises:
+        TimeoutError: nothing true within ``seconds``.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(every)
-    raise RuntimeError(f"not reached within {seconds:g} s")
+    raise TimeoutError(f"not reached within {seconds:g} s")
 
 
 def study_uid(folder: Path) -> str:
@@ -184,7 +189,7 @@ def run_serve_benchmark(options: ServeBenchmarkOptions, log: Callable[[str], Non
         rows: list[dict[str, Any]] = []
         try:
             health = f"http://127.0.0.1:{http_port}/health"
-            _wait(lambda: (_http_json(health) or {}).get("status") == "ok" or service.poll() is not None, 600, 0.1)
+            wait_until(lambda: (_http_json(health) or {}).get("status") == "ok" or service.poll() is not None, 600, 0.1)
             if service.poll() is not None:
                 raise RuntimeError(f"serve stopped at start: {(work / 'serve.out').read_text()[-2000:]}")
             start_up = time.perf_counter() - started
@@ -205,7 +210,7 @@ def run_serve_benchmark(options: ServeBenchmarkOptions, log: Callable[[str], Non
                 before = {j["id"] for j in jobs()}
                 pacs.send_study("isles", orthanc_ids)
                 t1 = time.perf_counter()
-                job = _wait(lambda: next((j for j in jobs() if j["study_uid"] == uid and j["id"] not in before
+                job = wait_until(lambda: next((j for j in jobs() if j["study_uid"] == uid and j["id"] not in before
                                           and j["state"] in ("sent", "failed")), None), 600)
                 warm = time.perf_counter() - t1
                 if job["state"] != "sent":
@@ -221,7 +226,7 @@ def run_serve_benchmark(options: ServeBenchmarkOptions, log: Callable[[str], Non
             before = {j["id"] for j in jobs()}
             t0 = time.perf_counter()
             pacs.send_study("isles", set().union(*ids))
-            _wait(lambda: sum(j["state"] in ("sent", "failed") for j in jobs() if j["id"] not in before)
+            wait_until(lambda: sum(j["state"] in ("sent", "failed") for j in jobs() if j["id"] not in before)
                   >= len(studies), 1800, 0.2)
             burst = time.perf_counter() - t0
         finally:

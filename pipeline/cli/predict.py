@@ -44,6 +44,10 @@ def register(sub, parents: list[argparse.ArgumentParser]) -> None:
                    help="fail a case with an empty or constant channel instead of warning about it")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes (one per GPU): shards the cases under torch.distributed.run with configs/multi_gpu_inference.json")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the bundle's monai.bundle run line in this Python process instead of a new one (for a "
+                        "caller that has torch and MONAI loaded already, such as a notebook calling "
+                        "pipeline.cli.main); not with --nproc")
     add_bundle_arguments(
         p, "plans.json the network was trained with (default: trained_plans.json beside the checkpoint, if any)",
         "inferer#sw_batch_size=4")
@@ -57,4 +61,4 @@ def command_predict(args: argparse.Namespace) -> int:
     """
     from pipeline.predict import run_predict
 
-    return run_predict(args)
+    return run_predict(args, in_process=bool(getattr(args, "in_process", False)))

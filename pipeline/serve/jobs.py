@@ -340,6 +340,12 @@ class JobQueue:
                     recovered.append((job, "it was running when the service stopped: queued again"))
         return recovered
 
+    def release(self, job_id: int) -> None:
+        """Queue a running job again without counting its start: the service was stopped on purpose (SIGTERM)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, stage = '', run_attempts = MAX(run_attempts - 1, 0), queued_at = ? "
+                       "WHERE id = ? AND state = ?", (QUEUED, self.clock(), job_id, RUNNING))
+
     def requeue(self, job_id: int, reason: str) -> None:
         """Queue a running job again (its worker was lost), or fail it after :data:`MAX_RUN_ATTEMPTS` starts."""
         now = self.clock()

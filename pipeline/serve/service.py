@@ -182,8 +182,8 @@ class Service:
                  ready.get("seconds", 0.0))
 
     def stop(self) -> None:
-        """Stop the inputs, the status endpoint, the sender and the worker (a job it was running is queued again at
-        the next start), and release the state folder."""
+        """Stop the inputs, the status endpoint, the sender and the worker, queue the job it was running again (not
+        counted as a failed start), and release the state folder."""
         self.stopping.set()
         self._send_pass.set()
         if self.listener is not None:
@@ -195,6 +195,10 @@ class Service:
         if self._worker is not None and self._worker.is_alive():
             self._worker.kill()
             self._worker.join(10)
+        if self._running_job is not None and self.queue is not None:
+            LOG.info("job %d: the service stopped during its run: queued again", self._running_job)
+            self.queue.release(self._running_job)
+            self._running_job = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -19,10 +19,11 @@ def tiny_network(in_channels: int = 5, features=TINY_FEATURES) -> UNetPlusPlus:
                         features=list(features), norm="instance", deep_supervision=True)
 
 
-def predict_args(dataset: Path, *extra: str) -> list[str]:
-    """The argv of ``predict`` with the tiny weights of :func:`small_dataset`."""
-    return ["predict", "--bundle", str(BUNDLE), "--checkpoint", str(dataset / "model.pt"),
-            "--set", "features=[" + ",".join(map(str, TINY_FEATURES)) + "]", *extra]
+def predict_args(dataset: Path, *extra: str, in_process: bool = False) -> list[str]:
+    """The argv of ``predict`` with the tiny weights of :func:`small_dataset` (``in_process``: the bundle runs in
+    the test's process, for the tests that are not about the bundle's process)."""
+    return ["predict", *(["--in-process"] if in_process else []), "--bundle", str(BUNDLE), "--checkpoint",
+            str(dataset / "model.pt"), "--set", "features=[" + ",".join(map(str, TINY_FEATURES)) + "]", *extra]
 
 
 def fill(path: Path) -> None:
