@@ -6,6 +6,7 @@ command, so that what the CLI does can be repeated with MONAI's own tooling.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -283,8 +284,36 @@ def run_in_process(command: Sequence[str], shown: Sequence[str] | None = None) -
     from monai.bundle.scripts import run
 
     print(shlex.join(shown or command), flush=True)
+    with logging_restored():
+        try:
+            fire.Fire(run, command=list(command[4:]), name="monai.bundle run")
+        except SystemExit as exit_:  # fire exits on an argument it cannot parse; a run's error is an exception
+            if exit_.code not in (0, None):
+                raise RuntimeError(f"monai.bundle run refused its arguments (exit status {exit_.code})") from exit_
+
+
+@contextlib.contextmanager
+def logging_restored():
+    """Put the logging configuration back as it was when the block ends: a bundle run configures logging from its
+    ``logging.conf`` (a handler on the root logger writing to the ``sys.stdout`` of that moment), which must not
+    outlive an in-process run. Handlers the block added are closed."""
+    import logging
+
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(logger, logging.Logger)]
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    known = {id(logger) for logger in loggers}
     try:
-        fire.Fire(run, command=list(command[4:]), name="monai.bundle run")
-    except SystemExit as exit_:  # fire exits on an argument it cannot parse; a run's error is an exception
-        if exit_.code not in (0, None):
-            raise RuntimeError(f"monai.bundle run refused its arguments (exit status {exit_.code})") from exit_
+        yield
+    finally:
+        before = {id(handler) for _, handlers, *_ in saved for handler in handlers}
+        added = []
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            if isinstance(logger, logging.Logger) and id(logger) not in known:
+                added += logger.handlers
+                logger.handlers = []
+        for logger, handlers, level, propagate, disabled in saved:
+            added += [h for h in logger.handlers if id(h) not in before]
+            logger.handlers, logger.level, logger.propagate, logger.disabled = handlers, level, propagate, disabled
+        for handler in added:
+            handler.close()

@@ -257,3 +257,12 @@ def test_in_process_cannot_shard_over_processes(dataset, tmp_path, capsys):
     assert predict(dataset, "--input", str(dataset / "datalist.json"), "--output", str(tmp_path / "out"),
                    "--nproc", "2") == 2
     assert "cannot run in this process" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_in_process_run_leaves_the_logging_configuration_as_it_was(dataset, tmp_path):
+    import logging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    assert predict(dataset, "--input", str(dataset / "datalist.json"), "--output", str(tmp_path / "out")) == 0
+    assert (list(root.handlers), root.level) == before  # the bundle's logging.conf configured it during the run

@@ -242,7 +242,7 @@ def test_the_predict_arguments_of_a_study_are_predicts_own():
 
     args = PredictSettings(bundle="b", model="run", tta=True, overrides=["a=1"]).predict_args("in", "out")
     parsed = build_parser().parse_args(["predict", "--bundle", "b", "--input", "in", "--output", "out", "--model",
-                                        "run", "--tta", "--set", "a=1", "--format", "dicom-seg"])
+                                        "run", "--tta", "--set", "a=1", "--format", "dicom-seg", "--in-process"])
     assert {k: v for k, v in vars(args).items() if k != "debug"} == {
         k: v for k, v in vars(parsed).items() if k not in ("func", "command", "debug")}
 
@@ -308,27 +308,31 @@ def test_published_means_a_finished_runs_manifest(tmp_path):
     assert folders.published()
 
 
-def test_a_checkpoint_fits_its_network_is_checked_once_per_process_until_the_file_changes(tmp_path, tiny_ctp_model):
+def test_a_checkpoint_fits_its_network_is_checked_once_per_process_until_the_file_changes(tmp_path):
     import shutil
+
+    import torch
 
     from pipeline.data.profiles import PROFILES_DIR
     from pipeline.errors import CaseError
+    from pipeline.networks import UNetPlusPlus
     from pipeline.predict.checkpoint import check_checkpoints_fit
-    from pipeline.predict.command import network_settings
 
     bundle = tmp_path / "bundle"
     shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / "isles_unetplusplus", bundle)
-    checkpoint = tmp_path / "last.pt"
-    shutil.copy2(tiny_ctp_model / "models" / "last.pt", checkpoint)
-    shutil.copy2(tiny_ctp_model / "models" / "trained_plans.json", tmp_path / "trained_plans.json")
     channels = ["NCCT", "CBF", "CBV", "MTT", "Tmax"]
-    settings = [("channels", channels), ("output_dir", "a"), *network_settings([checkpoint], None)]
+    net = UNetPlusPlus(spatial_dims=3, in_channels=5, out_channels=2, strides=[[2, 2, 1]] * 4,
+                       kernel_sizes=[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                       features=[4, 4, 8, 8, 16], norm="instance", deep_supervision=True)
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict()}, checkpoint)
+    settings = [("channels", channels), ("output_dir", "a"), ("features", "[4,4,8,8,16]")]
     profile = PROFILES_DIR / "isles2024.yaml"
     check_checkpoints_fit(bundle, profile, settings, [checkpoint], channels)
     config = bundle / "configs" / "inference.json"
     kept = config.read_bytes()
     config.unlink()  # the network could not be configured now: a run with other per-run settings is not checked again
-    check_checkpoints_fit(bundle, profile, [*settings[:1], ("output_dir", "b"), *settings[2:]], [checkpoint], channels)
+    check_checkpoints_fit(bundle, profile, [settings[0], ("output_dir", "b"), settings[2]], [checkpoint], channels)
     config.write_bytes(kept)
     checkpoint.write_bytes(b"truncated")  # a changed file is checked again
     with pytest.raises(CaseError, match="cannot be loaded as PyTorch weights"):

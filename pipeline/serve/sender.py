@@ -115,7 +115,9 @@ def _stow(destination: Destination, datasets: list) -> None:
     from dicomweb_client.api import DICOMwebClient
     from requests.exceptions import RequestException
 
+    client = DICOMwebClient(url=destination.url, timeout=60)
+    client.set_http_retry_params(retry=False)  # the service's own back-off decides when to try again
     try:
-        DICOMwebClient(url=destination.url).store_instances(datasets)
+        client.store_instances(datasets)
     except (RequestException, OSError) as err:
         raise SendError(f"{destination}: STOW-RS failed ({err})") from err

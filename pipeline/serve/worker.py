@@ -71,7 +71,8 @@ class PredictSettings:
         values = dict(bundle=self.bundle, input=str(input_dir), output=str(output_dir), format="dicom-seg",
                       name="team", split="testing", checkpoint=self.checkpoint, model=self.model, probabilities=False,
                       tta=self.tta, runtime=self.runtime, postprocessing=self.postprocessing, overwrite=False,
-                      strict=self.strict, nproc=1, plans=self.plans, set=list(self.overrides), debug=False)
+                      strict=self.strict, nproc=1, plans=self.plans, set=list(self.overrides), in_process=True,
+                      debug=False)
         values.update(changes)
         return argparse.Namespace(**values)
 
