@@ -51,6 +51,11 @@ class Orthanc:
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> Orthanc:
+        """Write the configuration and start the server; returns once its REST API answers.
+
+        Raises:
+            RuntimeError: Orthanc is not installed, exits at start, or does not answer within ``timeout``.
+        """
         binary = orthanc_binary()
         if binary is None:
             raise RuntimeError("Orthanc is not installed")
@@ -83,6 +88,7 @@ class Orthanc:
         raise RuntimeError("Orthanc did not answer within its start time")
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM) and wait for its exit."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -94,6 +100,7 @@ class Orthanc:
 
     # ---- REST -----------------------------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> Any:
+        """One REST call; returns the decoded JSON answer (``None`` when empty). Raises ``urllib.error.HTTPError``."""
         request = urllib.request.Request(self.url + path, data=body, method=method,
                                          headers={"Content-Type": content_type} if body is not None else {})
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -101,9 +108,11 @@ class Orthanc:
         return json.loads(data) if data else None
 
     def get(self, path: str) -> Any:
+        """``GET path`` (JSON)."""
         return self.request("GET", path)
 
     def post(self, path: str, payload: Any) -> Any:
+        """``POST path`` with a JSON body."""
         return self.request("POST", path, json.dumps(payload).encode())
 
     def upload(self, files) -> set[str]:
@@ -115,6 +124,7 @@ class Orthanc:
         return studies
 
     def add_modality(self, name: str, ae_title: str, port: int, host: str = "127.0.0.1") -> None:
+        """Declare a DICOM node Orthanc can send to (``/modalities/<name>``)."""
         self.request("PUT", f"/modalities/{name}", json.dumps({"AET": ae_title, "Host": host, "Port": port}).encode())
 
     def send_study(self, modality: str, study_ids, synchronous: bool = True) -> Any:
@@ -122,6 +132,7 @@ class Orthanc:
         return self.post(f"/modalities/{modality}/store", {"Resources": sorted(study_ids), "Synchronous": synchronous})
 
     def study_id(self, study_instance_uid: str) -> str | None:
+        """Orthanc's id of the study with this StudyInstanceUID (``None`` when it holds none)."""
         found = self.request("POST", "/tools/lookup", study_instance_uid.encode(), "text/plain")
         return next((item["ID"] for item in found or [] if item["Type"] == "Study"), None)
 
@@ -130,6 +141,7 @@ class Orthanc:
         return self.get(f"/studies/{study_id}/series")
 
     def instance_file(self, instance_id: str) -> bytes:
+        """The DICOM file of an instance, as stored."""
         request = urllib.request.Request(f"{self.url}/instances/{instance_id}/file")
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.read()

@@ -131,7 +131,8 @@ def _check_packages() -> None:
     from pipeline.data.dicom import DICOM_EXTRA
     from pipeline.errors import MissingExtraError
 
-    missing = [name for name in ("pydicom", "highdicom", "pynetdicom", "dicomweb_client") if find_spec(name) is None]
+    needed = ("pydicom", "highdicom", "pynetdicom", "dicomweb_client")
+    missing = [name for name in needed if find_spec(name) is None]
     if missing:
         raise MissingExtraError(f"serve needs {', '.join(missing)}, which is not installed: install the project's dicom "
                                 f"extra with `{DICOM_EXTRA}` (in the project folder)")

@@ -66,12 +66,15 @@ class StatusServer:
 
     @property
     def port(self) -> int:
+        """The port listened on."""
         return int(self.httpd.server_address[1])
 
     def start(self) -> None:
+        """Serve in a background thread."""
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -57,6 +57,7 @@ class JobFolders:
 
     @property
     def root(self) -> Path:
+        """``<state>/jobs/<id>``."""
         return Path(self.state_dir) / JOBS_FOLDER / str(int(self.job_id))
 
     @property
@@ -66,14 +67,17 @@ class JobFolders:
 
     @property
     def case_dir(self) -> Path:
+        """The study's patient folder, ``input/job-<id>``."""
         return self.input_root / case_id(self.job_id)
 
     @property
     def output(self) -> Path:
+        """Where ``predict`` publishes the results."""
         return self.root / "output"
 
     @property
     def log(self) -> Path:
+        """The job's log: what its runs printed."""
         return self.root / "job.log"
 
     def instance_path(self, series_uid: str, sop_uid: str) -> Path:
