@@ -134,8 +134,8 @@ def _check_packages() -> None:
     needed = ("pydicom", "highdicom", "pynetdicom", "dicomweb_client")
     missing = [name for name in needed if find_spec(name) is None]
     if missing:
-        raise MissingExtraError(f"serve needs {', '.join(missing)}, which is not installed: install the project's dicom "
-                                f"extra with `{DICOM_EXTRA}` (in the project folder)")
+        raise MissingExtraError(f"serve needs {', '.join(missing)}, which is not installed: install the project's "
+                                f"dicom extra with `{DICOM_EXTRA}` (in the project folder)")
 
 
 def _log_to(path: Path) -> None:
