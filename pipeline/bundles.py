@@ -100,10 +100,16 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the kernel send the child SIGTERM when this process dies (Linux
-    ``prctl(PR_SET_PDEATHSIG)``), so that even a ``kill -9`` of the wrapper stops the bundle run cleanly;
-    ``None`` where that is not available. libc is looked up here, before the fork."""
+def parent_death_signal(signum: int = signal.SIGTERM, parent: int | None = None) -> Callable[[], None] | None:
+    """A function for a child process to call first (a ``preexec_fn``, or the first step after a fork) that makes
+    the kernel send it ``signum`` when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so that even a
+    ``kill -9`` of the parent stops the child; if the parent died before the request took effect, the child sends
+    itself ``signum`` at once. ``None`` where that is not available. libc is looked up here, before the fork.
+
+    Args:
+        signum: the signal (SIGTERM lets a bundle run stop cleanly; SIGKILL for a child that has nothing to save).
+        parent: the parent's PID (default: this process, the one about to fork).
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -112,14 +118,14 @@ def _parent_death_signal() -> Callable[[], None] | None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    parent = os.getpid()
+    parent = os.getpid() if parent is None else parent
 
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    def request() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
-    return preexec
+    return request
 
 
 def process_alive(pid: Any) -> bool:
@@ -236,7 +242,7 @@ def run_command(
             previous[signum] = signal.signal(signum, forward)
     try:
         child = subprocess.Popen(list(command), cwd=str(PROJECT_ROOT), pass_fds=tuple(pass_fds),
-                                 preexec_fn=_parent_death_signal(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                 preexec_fn=parent_death_signal(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         started.append(child)
         pumps = [threading.Thread(target=_pump, args=(pipe, sink, condense_tracebacks), daemon=True)
                  for pipe, sink in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]

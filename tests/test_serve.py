@@ -5,13 +5,11 @@ users run it, ``python -m pipeline serve`` in its own process, with the session'
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from dicom_studies import write_patient  # noqa: E402
 from pipeline.benchmark.orthanc import AE_TITLE as ORTHANC_AE  # noqa: E402
 from pipeline.benchmark.orthanc import Orthanc, free_port, orthanc_binary  # noqa: E402
-from pipeline.benchmark.serve import wait_until  # noqa: E402
+from pipeline.benchmark.serve import http_json, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(orthanc_binary() is None,
                                 reason="Orthanc is not installed (make test installs Debian's orthanc with apt-get)")
@@ -61,17 +59,12 @@ class RunningService:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def health(self) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=5) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return json.loads(err.read())
-        except OSError:
-            return {}
+        return http_json(f"http://127.0.0.1:{self.http_port}/health") or {}
 
     def jobs(self) -> list[dict]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/jobs?limit=1000", timeout=5) as response:
-            return json.loads(response.read())
+        found = http_json(f"http://127.0.0.1:{self.http_port}/jobs?limit=1000")
+        assert found is not None, "the status endpoint does not answer"
+        return found
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

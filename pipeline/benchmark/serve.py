@@ -123,7 +123,9 @@ def prepare_inputs(options: ServeBenchmarkOptions, work: Path, log: Callable[[st
     return Path(model), studies
 
 
-def _http_json(url: str) -> Any:
+def http_json(url: str) -> Any:
+    """The JSON body of ``GET url``, also of an error status (``/health`` answers 503 with a body); ``None`` when
+    nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.loads(response.read())
@@ -189,7 +191,7 @@ def run_serve_benchmark(options: ServeBenchmarkOptions, log: Callable[[str], Non
         rows: list[dict[str, Any]] = []
         try:
             health = f"http://127.0.0.1:{http_port}/health"
-            wait_until(lambda: (_http_json(health) or {}).get("status") == "ok" or service.poll() is not None, 600, 0.1)
+            wait_until(lambda: (http_json(health) or {}).get("status") == "ok" or service.poll() is not None, 600, 0.1)
             if service.poll() is not None:
                 raise RuntimeError(f"serve stopped at start: {(work / 'serve.out').read_text()[-2000:]}")
             start_up = time.perf_counter() - started
@@ -197,7 +199,7 @@ def run_serve_benchmark(options: ServeBenchmarkOptions, log: Callable[[str], Non
             ids = [pacs.upload(sorted(s.rglob("*.dcm"))) for s in studies]
 
             def jobs() -> list[dict]:
-                return _http_json(f"http://127.0.0.1:{http_port}/jobs?limit=1000") or []
+                return http_json(f"http://127.0.0.1:{http_port}/jobs?limit=1000") or []
 
             for i, (folder, uid, orthanc_ids) in enumerate(zip(studies, uids, ids)):
                 out = work / "cold" / f"{folder.name}-{int(time.time() * 1000)}"

@@ -11,7 +11,7 @@ import pydicom
 from PIL import Image
 
 import pipeline
-from pipeline.dicom.seg import SOFTWARE_NAME
+from pipeline.dicom.seg import SOFTWARE_NAME, read_source_header
 from pipeline.errors import CaseError
 from pipeline.io.atomic import atomic_path
 
@@ -42,14 +42,7 @@ def write_summary_capture(png_path: str | Path, reference_file: str | Path, out_
             pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
     except OSError as err:
         raise CaseError(case_id, str(png_path), f"cannot read the summary figure ({err})") from err
-    try:
-        reference = pydicom.dcmread(reference_file, stop_before_pixels=True)
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types for a damaged file; name the file
-        raise CaseError(case_id, str(reference_file), f"cannot read the source DICOM header ({err})") from err
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime", "ReferringPhysicianName"):
-        if keyword not in reference:
-            setattr(reference, keyword, "")
+    reference = read_source_header(reference_file, case_id)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=pixels,

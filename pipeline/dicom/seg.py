@@ -37,22 +37,30 @@ POSITION_TOLERANCE_VOXELS = 1e-2
 DIRECTION_TOLERANCE = 1e-3
 
 
+def read_source_header(path: str | Path, case_id: str | None) -> Dataset:
+    """A source instance's header (no pixels), with missing type 2 patient and study attributes set empty, as
+    highdicom needs them to derive an object in the source's study.
+
+    Raises:
+        CaseError: the header cannot be read (names the file).
+    """
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for a damaged file; name the file
+        raise CaseError(case_id, str(path), f"cannot read the source DICOM header ({str(err).strip()})") from err
+    for keyword in _TYPE2_SOURCE_ATTRIBUTES:
+        if keyword not in dataset:
+            setattr(dataset, keyword, "")
+    return dataset
+
+
 def _read_sources(files: Sequence[str | Path], case_id: str | None) -> list[Dataset]:
-    """The source instances' headers, with missing type 2 patient and study attributes set empty.
+    """The source instances' headers (:func:`read_source_header`).
 
     Raises:
         CaseError: a header cannot be read, or the files belong to several series.
     """
-    datasets = []
-    for path in files:
-        try:
-            dataset = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as err:  # noqa: BLE001 - pydicom raises many types for a damaged file; name the file
-            raise CaseError(case_id, path, f"cannot read the source DICOM header ({str(err).strip()})") from err
-        for keyword in _TYPE2_SOURCE_ATTRIBUTES:
-            if keyword not in dataset:
-                setattr(dataset, keyword, "")
-        datasets.append(dataset)
+    datasets = [read_source_header(path, case_id) for path in files]
     uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(uids) != 1:
         raise CaseError(case_id, files[0], f"the source files belong to {len(uids)} series "

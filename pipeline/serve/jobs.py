@@ -269,7 +269,7 @@ class JobQueue:
             return _job(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
 
     def finish(self, job_id: int, state: str, stages: Mapping[str, float] | None = None, stage: str = "",
-               reason: str = "", send_now: bool = True) -> None:
+               reason: str = "") -> None:
         """End a run: ``state`` is :data:`SENDING`, :data:`DONE` or :data:`FAILED` (with ``stage`` and ``reason``);
         ``stages`` are merged into the job's stage times."""
         if state not in (SENDING, DONE, FAILED):
@@ -278,7 +278,7 @@ class JobQueue:
         with self._transaction() as db:
             self._merge_stages(db, job_id, stages)
             db.execute("UPDATE jobs SET state = ?, stage = ?, reason = ?, finished_at = ?, next_send_at = ? "
-                       "WHERE id = ?", (state, stage, reason, now, now if send_now and state == SENDING else None,
+                       "WHERE id = ?", (state, stage, reason, now, now if state == SENDING else None,
                                         job_id))
 
     @staticmethod

@@ -334,4 +334,4 @@ class Service:
         return True
 
 
-__all__ = ["RUNNING", "ServeOptions", "Service", "ServiceError"]
+__all__ = ["ServeOptions", "Service", "ServiceError"]

@@ -42,7 +42,6 @@ WARMUP_SHAPE = (64, 64, 4)
 WARMUP_SPACING_MM = (1.0, 1.0, 5.0)
 # The channels the warm-up study carries, each with its own name as SeriesDescription (the dicom_ctp profile's).
 WARMUP_CHANNELS = ("NCCT", "CBF", "CBV", "MTT", "Tmax")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -92,18 +91,14 @@ class JobLimits:
     threads: int | None = None
 
 
-def die_with_parent(signum: int = signal.SIGKILL) -> None:
-    """Ask Linux to send ``signum`` to this process when its parent dies (``PR_SET_PDEATHSIG``), so that a worker or
-    a job never outlives a killed service; exits at once when the parent is already gone. No-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
+def die_with_parent(parent: int) -> None:
+    """Have this process killed (SIGKILL) when ``parent`` dies, so that a worker or a job never outlives a killed
+    service (:func:`pipeline.bundles.parent_death_signal`); no-op where Linux's request is not available."""
+    from pipeline.bundles import parent_death_signal
 
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
-    if os.getppid() != parent or parent == 1:
-        os._exit(1)
+    request = parent_death_signal(signal.SIGKILL, parent)
+    if request is not None:
+        request()
 
 
 def private_memory_bytes(pid: int) -> int | None:
@@ -226,7 +221,6 @@ def warm_up(settings: PredictSettings, log_path: Path) -> float:
 def run_job_child(settings: PredictSettings, request: Mapping[str, Any], limits: JobLimits) -> int:
     """In the forked child: cap the address space, restore torch's threads, run ``predict`` on the job's study with
     the output in its log. Returns the exit status (the child exits with it)."""
-    die_with_parent()
     size = _address_space_bytes()
     if size is not None and limits.memory_bytes > 0:
         with contextlib.suppress(ValueError, OSError):
@@ -266,10 +260,12 @@ def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLi
         largest private memory seen, "error": the log's last error line}``.
     """
     started = time.perf_counter()
+    worker = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the worker's loop
         status = 1
         try:
+            die_with_parent(worker)
             status = child(settings, request, limits)
         finally:
             os._exit(status if isinstance(status, int) else 1)
@@ -305,7 +301,7 @@ def run_job(settings: PredictSettings, request: Mapping[str, Any], limits: JobLi
 def worker_main(connection, settings: Mapping[str, Any], limits: Mapping[str, Any], warmup_log: str) -> None:
     """The worker process: warm up, say so, then run each job request from ``connection`` and send back its result
     (see :func:`run_job`); ends when the connection closes. Started by :class:`pipeline.serve.service.Service`."""
-    die_with_parent()
+    die_with_parent(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle: it stops the worker itself
     from pipeline.allocator import keep_freed_memory
 
